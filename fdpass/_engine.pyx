@@ -1,0 +1,307 @@
+"""The syscall engine: sendmsg/recvmsg with SCM_RIGHTS, one PEP 475 loop,
+one errno-to-exception mapping.  Nothing here allocates per message."""
+
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
+from libc.errno cimport EAFNOSUPPORT, EBADF, EINTR, ETIMEDOUT, errno
+from libc.limits cimport INT_MAX
+from libc.string cimport memcpy, memset, strerror
+from posix.fcntl cimport F_GETFD, F_SETFD, FD_CLOEXEC, fcntl
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.uio cimport iovec
+from posix.unistd cimport close
+
+from fdpass._posix cimport (
+    AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
+    FDPASS_CLOEXEC_METHOD, FDPASS_CRED_SPACE, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL,
+    FDPASS_RIGHTS_SPACE, FDPASS_WOULD_BLOCK, MSG_CTRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET,
+    SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt, msghdr, poll,
+    pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
+)
+
+from fdpass._errors import ProtocolError
+
+import errno as _errno
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int raise_os_error(int err, str context) except -1:
+    """The one place an errno becomes an exception: OSError picks the
+    subclass (BlockingIOError, BrokenPipeError, TimeoutError, ...)."""
+    if err == ETIMEDOUT:
+        raise OSError(err, "timed out")
+    message = strerror(err).decode("utf-8", "replace")
+    if context:
+        message = f"{message}: {context}"
+    raise OSError(err, message)
+
+
+cdef int as_fd(object f) except -1:
+    """A descriptor number from an int or an object with fileno(),
+    as the os and socket modules accept them."""
+    cdef long value
+    cdef int overflow = 0
+    number = f
+    if not PyLong_Check(f):
+        try:
+            fileno = f.fileno
+        except AttributeError:
+            raise TypeError(
+                f"expected a descriptor: an int or an object with fileno(), "
+                f"not {type(f).__name__}") from None
+        number = fileno()
+        if not PyLong_Check(number):
+            raise TypeError(f"{type(f).__name__}.fileno() returned "
+                            f"{type(number).__name__}, not int")
+    value = PyLong_AsLongAndOverflow(number, &overflow)
+    if overflow > 0 or value > INT_MAX:
+        raise OverflowError(f"descriptor {number} is beyond the range of a C int")
+    if overflow < 0 or value < 0:
+        if number is f:
+            raise ValueError(f"descriptor must be non-negative, got {number}")
+        raise ValueError(f"{type(f).__name__}.fileno() returned {number}: is it closed?")
+    return <int>value
+
+
+cdef int socket_type(int fd, int *family, int *err) noexcept nogil:
+    """SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM for an AF_UNIX socket;
+    -1 with err set (EBADF, ENOTSOCK, EAFNOSUPPORT) for anything else."""
+    cdef sockaddr_storage addr
+    cdef socklen_t addrlen = sizeof(addr)
+    cdef int value = 0
+    cdef socklen_t optlen = sizeof(value)
+    memset(&addr, 0, sizeof(addr))
+    if getsockname(fd, <sockaddr *>&addr, &addrlen) < 0:
+        err[0] = errno
+        return -1
+    family[0] = addr.ss_family
+    if addr.ss_family != AF_UNIX:
+        err[0] = EAFNOSUPPORT
+        return -1
+    if getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &optlen) < 0:
+        err[0] = errno
+        return -1
+    return value
+
+
+cdef int wait_ready(int fd, bint writing, double timeout, double deadline,
+                    int *err) except -2:
+    """Poll until fd is ready (1), the deadline passes (0) or poll fails (-1).
+    A negative timeout waits for ever."""
+    cdef pollfd pfd
+    cdef int rc, ms, saved
+    cdef double remaining
+    pfd.fd = fd
+    pfd.events = POLLOUT if writing else POLLIN
+    while True:
+        if timeout < 0:
+            ms = -1
+        else:
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                return 0
+            ms = <int>(remaining * 1000.0 + 0.999) if remaining < 2e6 else 2000000000
+        with nogil:
+            rc = poll(&pfd, 1, ms)
+            saved = errno
+        if rc > 0:
+            return 1
+        if rc < 0:
+            if saved != EINTR:
+                err[0] = saved
+                return -1
+            PyErr_CheckSignals()
+
+
+cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
+                         double timeout, int *err) except -2:
+    """sendmsg/recvmsg in the PEP 475 loop: the GIL released, EINTR retried
+    unless a signal handler raised, EAGAIN waited out with poll while the
+    timeout allows.  -1 with err set on failure (ETIMEDOUT for a timeout)."""
+    cdef Py_ssize_t n
+    cdef int saved, ready
+    cdef double deadline = monotonic() + timeout if timeout > 0 else 0.0
+    while True:
+        with nogil:
+            if writing:
+                n = sendmsg(sock, msg, flags)
+            else:
+                n = recvmsg(sock, msg, flags)
+            saved = errno
+        if n >= 0:
+            return n
+        if saved == EINTR:
+            PyErr_CheckSignals()
+            continue
+        if FDPASS_WOULD_BLOCK(saved) and timeout != 0:
+            ready = wait_ready(sock, writing, timeout, deadline, err)
+            if ready == 1:
+                continue
+            if ready == 0:
+                err[0] = ETIMEDOUT
+            return -1
+        err[0] = saved
+        return -1
+
+
+cdef int send_message(int sock, const int *fds, int nfds, const char *data,
+                      size_t length, int flags, double timeout, int *err) except -2:
+    """Send data with fds attached to its first byte; 0, or -1 with err."""
+    cdef fdpass_control_t control
+    cdef msghdr msg
+    cdef iovec iov
+    cdef cmsghdr *cmsg
+    cdef Py_ssize_t n
+    cdef size_t sent = 0
+    cdef size_t fdbytes = nfds * sizeof(int)
+    memset(&msg, 0, sizeof(msg))
+    memset(control.buf, 0, CMSG_SPACE(fdbytes))
+    iov.iov_base = <void *>data
+    iov.iov_len = length
+    msg.msg_iov = &iov
+    msg.msg_iovlen = 1
+    msg.msg_control = control.buf
+    msg.msg_controllen = CMSG_SPACE(fdbytes)
+    cmsg = CMSG_FIRSTHDR(&msg)
+    cmsg.cmsg_level = SOL_SOCKET
+    cmsg.cmsg_type = SCM_RIGHTS
+    cmsg.cmsg_len = CMSG_LEN(fdbytes)
+    memcpy(CMSG_DATA(cmsg), fds, fdbytes)
+    flags |= FDPASS_MSG_NOSIGNAL
+    while True:
+        n = msg_call(True, sock, &msg, flags, timeout, err)
+        if n < 0:
+            return -1
+        # A stream socket may take part of a long payload: the descriptors
+        # went with the first byte, the rest follows without them.
+        sent += n
+        if sent >= length:
+            return 0
+        iov.iov_base = <void *>(data + sent)
+        iov.iov_len = length - sent
+        msg.msg_control = NULL
+        msg.msg_controllen = 0
+
+
+cdef void close_fds(const int *fds, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        close(fds[i])
+
+
+cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *total,
+                  size_t *other_space) noexcept nogil:
+    """Walk every control message: the first maxfds descriptors go to fds,
+    any beyond are closed at once.  Returns how many went to fds."""
+    cdef cmsghdr *cmsg = CMSG_FIRSTHDR(msg)
+    cdef unsigned char *end = <unsigned char *>msg.msg_control + msg.msg_controllen
+    cdef unsigned char *data
+    cdef size_t length, count, i
+    cdef int fd, taken = 0
+    while cmsg != NULL:
+        if cmsg.cmsg_len < CMSG_LEN(0):
+            break
+        length = cmsg.cmsg_len
+        if <unsigned char *>cmsg + length > end:
+            length = end - <unsigned char *>cmsg
+        if cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS:
+            data = CMSG_DATA(cmsg)
+            count = (length - (data - <unsigned char *>cmsg)) // sizeof(int)
+            for i in range(count):
+                memcpy(&fd, data + i * sizeof(int), sizeof(int))
+                if FDPASS_MSG_CMSG_CLOEXEC == 0:
+                    fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
+                if taken < maxfds:
+                    fds[taken] = fd
+                    taken += 1
+                else:
+                    close(fd)
+                total[0] += 1
+        else:
+            other_space[0] += CMSG_SPACE(length - CMSG_LEN(0))
+        cmsg = CMSG_NXTHDR(msg, cmsg)
+    return taken
+
+
+cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
+                           int flags, double timeout, Received *out, int *err) except -2:
+    """One recvmsg into buf; its descriptors into fds[:maxfds].  0 with
+    out->status set (on any status but RECV_OK every descriptor is already
+    closed), or -1 with err."""
+    cdef fdpass_control_t control
+    cdef msghdr msg
+    cdef iovec iov
+    cdef Py_ssize_t n
+    cdef size_t given = FDPASS_RIGHTS_SPACE(maxfds) + FDPASS_CRED_SPACE
+    cdef size_t other_space = 0, room
+    memset(&msg, 0, sizeof(msg))
+    iov.iov_base = buf
+    iov.iov_len = buflen
+    msg.msg_iov = &iov
+    msg.msg_iovlen = 1
+    msg.msg_control = control.buf
+    msg.msg_controllen = given
+    out.total = 0
+    out.nfds = 0
+    n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout, err)
+    if n < 0:
+        return -1
+    out.nbytes = n
+    out.nfds = take_fds(&msg, fds, maxfds, &out.total, &other_space)
+    if msg.msg_flags & MSG_CTRUNC:
+        # The kernel stops installing descriptors when the buffer is full or
+        # when this process cannot take another (EMFILE): room tells which.
+        room = (given - other_space - CMSG_LEN(0)) // sizeof(int)
+        out.status = RECV_CTRUNC_LIMIT if <size_t>out.total < room else RECV_CTRUNC
+    elif out.total > maxfds:
+        out.status = RECV_TOO_MANY
+    elif n == 0 and out.total == 0:
+        out.status = RECV_EMPTY
+    else:
+        out.status = RECV_OK
+        return 0
+    close_fds(fds, out.nfds)
+    out.nfds = 0
+    return 0
+
+
+cdef int raise_send_error(int err, int sock, const int *fds, int nfds) except -1:
+    """Name the descriptor behind an EBADF: the kernel does not say which."""
+    cdef int i
+    if err == EBADF:
+        for i in range(nfds):
+            if fcntl(fds[i], F_GETFD) < 0:
+                raise_os_error(err, f"descriptor {fds[i]} is not open")
+        raise_os_error(err, f"socket descriptor {sock} is not open")
+    raise_os_error(err, None)
+
+
+cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except -1:
+    """EOFError at end of stream; ProtocolError (EBADMSG) for a message
+    that breaks the protocol, a message without a descriptor included."""
+    if r.status == RECV_EMPTY and sock_type != SOCK_DGRAM:
+        raise EOFError("end of stream: the peer closed the connection")
+    if r.status == RECV_TOO_MANY:
+        message = (f"the message carried {r.total} descriptors where at most "
+                   f"{maxfds} were expected; all were closed")
+    elif r.status == RECV_CTRUNC_LIMIT:
+        message = ("control data truncated (MSG_CTRUNC) with room to spare: the "
+                   "kernel dropped descriptors this process could not take, most "
+                   "likely because it reached its descriptor limit (RLIMIT_NOFILE, "
+                   f"EMFILE); the {r.total} received were closed")
+    elif r.status == RECV_CTRUNC:
+        message = ("control data truncated (MSG_CTRUNC): the message carried "
+                   f"more than the {maxfds} descriptors expected; the {r.total} "
+                   "received were closed")
+    else:
+        message = f"the message ({r.nbytes} bytes) carried no descriptor"
+    raise ProtocolError(_errno.EBADMSG, message)
+
+
+#: How received descriptors become close-on-exec on this platform.
+CLOEXEC_METHOD = FDPASS_CLOEXEC_METHOD.decode("ascii")

@@ -1,0 +1,9 @@
+"""Exceptions of fdpass beyond the standard OSError family."""
+
+from __future__ import annotations
+
+
+class ProtocolError(OSError):
+    """A message that breaks the descriptor-passing protocol (errno EBADMSG):
+    no descriptor where one was required, more than were asked for, or
+    truncated control data.  Every descriptor it carried has been closed."""

@@ -1,0 +1,70 @@
+"""IO::FDPass's two functions for code ported from Perl: descriptor numbers
+in, a bool or a descriptor out, and errno kept per thread as Perl's $!."""
+
+from cpython.long cimport PyLong_Check
+from libc.errno cimport EBADMSG, ECONNRESET
+from posix.unistd cimport close
+
+from fdpass._engine cimport RECV_EMPTY, Received, recv_message_into, send_message, socket_type
+from fdpass._posix cimport SOCK_DGRAM
+
+cdef extern from "fdpass_compat.h":
+    """
+    static FDPASS_THREAD_LOCAL int fdpass_last_errno = 0;
+    """
+    int fdpass_last_errno
+
+
+cdef int fd_number(object value, str name) except? -1:
+    if not PyLong_Check(value):
+        raise TypeError(f"{name} must be an int descriptor number, not {type(value).__name__}")
+    return value
+
+
+cdef bint failed(int err) noexcept:
+    global fdpass_last_errno
+    fdpass_last_errno = err
+    return False
+
+
+def send(socket_fd, fd_to_pass):
+    """Send fd_to_pass over the UNIX socket socket_fd; False on failure,
+    with get_errno() telling why.  A non-blocking socket may fail with EAGAIN."""
+    cdef int sock = fd_number(socket_fd, "socket_fd")
+    cdef int fd = fd_number(fd_to_pass, "fd_to_pass")
+    cdef int family = 0, err = 0
+    if socket_type(sock, &family, &err) < 0:
+        return failed(err)
+    if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, &err) < 0:
+        return failed(err)
+    return True
+
+
+def recv(socket_fd):
+    """Receive one descriptor from the UNIX socket socket_fd; -1 on failure,
+    with get_errno() telling why (ECONNRESET at end of stream, EBADMSG for
+    a message that carried no descriptor, or more than one)."""
+    cdef int sock = fd_number(socket_fd, "socket_fd")
+    cdef int fd = -1, family = 0, err = 0, sock_type
+    cdef char byte
+    cdef Received r
+    sock_type = socket_type(sock, &family, &err)
+    if sock_type < 0:
+        failed(err)
+        return -1
+    if recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, &r, &err) < 0:
+        failed(err)
+        return -1
+    if r.nfds == 0:
+        failed(ECONNRESET if r.status == RECV_EMPTY and sock_type != SOCK_DGRAM else EBADMSG)
+        return -1
+    try:
+        return fd
+    except BaseException:
+        close(fd)
+        raise
+
+
+def get_errno():
+    """The errno of this thread's last failed send() or recv()."""
+    return fdpass_last_errno

@@ -1,0 +1,84 @@
+# Declarations Cython does not ship: <sys/socket.h>, <poll.h> and our
+# platform shims.  Everything else comes from Cython's own posix/libc .pxd.
+from posix.uio cimport iovec
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    struct sockaddr:
+        sa_family_t sa_family
+
+    struct sockaddr_storage:
+        sa_family_t ss_family
+
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    enum:
+        AF_UNIX
+        SOCK_STREAM
+        SOCK_DGRAM
+        SOCK_SEQPACKET
+        SOL_SOCKET
+        SO_TYPE
+        SCM_RIGHTS
+        MSG_CTRUNC
+        MSG_DONTWAIT
+
+    ssize_t sendmsg(int sockfd, const msghdr *msg, int flags)
+    ssize_t recvmsg(int sockfd, msghdr *msg, int flags)
+    int getsockname(int sockfd, sockaddr *addr, socklen_t *addrlen)
+    int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen)
+    int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_LEN(size_t length)
+    size_t CMSG_SPACE(size_t length)
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+
+    ctypedef unsigned long nfds_t
+
+    enum:
+        POLLIN
+        POLLOUT
+
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
+
+
+cdef extern from "fdpass_compat.h" nogil:
+    enum:
+        FDPASS_MSG_CMSG_CLOEXEC
+        FDPASS_MSG_NOSIGNAL
+        FDPASS_SO_NOSIGPIPE
+        FDPASS_MAX_FDS
+        FDPASS_CRED_SPACE
+        FDPASS_CONTROL_MAX
+
+    const char *FDPASS_CLOEXEC_METHOD
+    size_t FDPASS_RIGHTS_SPACE(size_t nfds)
+    bint FDPASS_WOULD_BLOCK(int err)
+
+    ctypedef union fdpass_control_t:
+        cmsghdr align
+        unsigned char buf[FDPASS_CONTROL_MAX]

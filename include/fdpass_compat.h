@@ -1,0 +1,69 @@
+/* Platform gaps for fdpass's engine: every name here is one the engine
+ * uses unconditionally, with a fallback where a platform lacks it. */
+#pragma once
+
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+/* Close-on-exec at receipt, atomically where the kernel can do it. */
+#ifdef MSG_CMSG_CLOEXEC
+#  define FDPASS_MSG_CMSG_CLOEXEC MSG_CMSG_CLOEXEC
+#  define FDPASS_CLOEXEC_METHOD "MSG_CMSG_CLOEXEC"
+#else
+#  define FDPASS_MSG_CMSG_CLOEXEC 0
+#  define FDPASS_CLOEXEC_METHOD "fcntl(F_SETFD, FD_CLOEXEC) after receipt"
+#endif
+
+/* No SIGPIPE from sendmsg: a per-call flag where there is one, else the
+ * SO_NOSIGPIPE socket option (BSDs, macOS), set when a channel is made. */
+#ifdef MSG_NOSIGNAL
+#  define FDPASS_MSG_NOSIGNAL MSG_NOSIGNAL
+#else
+#  define FDPASS_MSG_NOSIGNAL 0
+#endif
+#ifdef SO_NOSIGPIPE
+#  define FDPASS_SO_NOSIGPIPE SO_NOSIGPIPE
+#else
+#  define FDPASS_SO_NOSIGPIPE (-1)
+#endif
+
+/* EAGAIN and EWOULDBLOCK may be one value or two. */
+#include <errno.h>
+#define FDPASS_WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
+
+#ifndef MSG_DONTWAIT
+#  define MSG_DONTWAIT 0
+#endif
+
+/* Most descriptors in one message.  Linux's SCM_MAX_FD (253) lives in a
+ * kernel-internal header; the other platforms take at least as many. */
+#ifdef SCM_MAX_FD
+#  define FDPASS_MAX_FDS SCM_MAX_FD
+#else
+#  define FDPASS_MAX_FDS 253
+#endif
+
+/* Room for one credentials message beside the descriptors: Linux attaches
+ * SCM_CREDENTIALS to every message once SO_PASSCRED is set on the receiver. */
+#if defined(SCM_CREDENTIALS)
+#  define FDPASS_CRED_SPACE CMSG_SPACE(sizeof(struct ucred))
+#else
+#  define FDPASS_CRED_SPACE CMSG_SPACE(128)
+#endif
+
+#define FDPASS_RIGHTS_SPACE(n) CMSG_SPACE((n) * sizeof(int))
+#define FDPASS_CONTROL_MAX (FDPASS_RIGHTS_SPACE(FDPASS_MAX_FDS) + FDPASS_CRED_SPACE)
+
+/* A control buffer aligned for struct cmsghdr, as CMSG_FIRSTHDR requires. */
+typedef union {
+    struct cmsghdr align;
+    unsigned char buf[FDPASS_CONTROL_MAX];
+} fdpass_control_t;
+
+/* Storage for get_errno(): one slot per OS thread, as errno itself. */
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_THREADS__)
+#  define FDPASS_THREAD_LOCAL _Thread_local
+#else
+#  define FDPASS_THREAD_LOCAL __thread
+#endif

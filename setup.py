@@ -1,0 +1,22 @@
+"""Build the Cython engine.  Metadata lives in pyproject.toml."""
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+# Every cythonize directive, in one place.
+COMPILER_DIRECTIVES = {
+    "language_level": 3,
+    "embedsignature": True,
+    "autotestdict": False,
+    "boundscheck": False,
+    "wraparound": False,
+}
+
+MODULES = ["_engine", "_channel", "_functional"]
+
+extensions = [
+    Extension(f"fdpass.{name}", [f"fdpass/{name}.pyx"], include_dirs=["include"])
+    for name in MODULES
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES))
