@@ -10,6 +10,7 @@ COMPILER_DIRECTIVES = {
     "autotestdict": False,
     "boundscheck": False,
     "wraparound": False,
+    "auto_pickle": False,
 }
 
 MODULES = ["_engine", "_channel", "_functional"]
