@@ -20,6 +20,7 @@ from fdpass._posix cimport (
 )
 
 import math
+import os
 import socket as _socket
 
 MAX_FDS = FDPASS_MAX_FDS
@@ -115,7 +116,7 @@ cdef class FDChannel:
         """A channel connected to the AF_UNIX SOCK_STREAM socket listening at path."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            sock.connect(path)
+            sock.connect(os.fspath(path))
             return cls(sock)
         except BaseException:
             sock.close()

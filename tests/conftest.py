@@ -1,0 +1,70 @@
+"""Shared fixtures: every test runs under the descriptor-leak check."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+import fdpass
+from support import open_fds
+
+SOCKET_TYPES = {
+    "stream": socket.SOCK_STREAM,
+    "seqpacket": socket.SOCK_SEQPACKET,
+    "dgram": socket.SOCK_DGRAM,
+}
+
+
+@pytest.fixture(autouse=True)
+def no_fd_leak() -> Iterator[None]:
+    """Fail the test when it leaves more descriptors open than it found."""
+    gc.collect()
+    before = open_fds()
+    yield
+    gc.collect()
+    after = open_fds()
+    leaked = {fd: target for fd, target in after.items() if before.get(fd) != target}
+    assert not leaked, f"descriptors leaked: {leaked}"
+
+
+@pytest.fixture(params=sorted(SOCKET_TYPES))
+def sock_type(request: pytest.FixtureRequest) -> int:
+    return SOCKET_TYPES[request.param]
+
+
+@pytest.fixture
+def sockets(sock_type: int) -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, sock_type)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def channels(
+    sockets: tuple[socket.socket, socket.socket],
+) -> Iterator[tuple[fdpass.FDChannel, fdpass.FDChannel]]:
+    """A sending and a receiving channel over each kind of socketpair."""
+    a, b = sockets
+    with fdpass.FDChannel(a, closefd=False) as tx, fdpass.FDChannel(b, closefd=False) as rx:
+        yield tx, rx
+
+
+@pytest.fixture
+def stream() -> Iterator[tuple[socket.socket, socket.socket]]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        yield a, b
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, int]]:
+    r, w = os.pipe()
+    try:
+        yield r, w
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,0 +1,39 @@
+"""Helpers the tests share: a leak census and a raw, hostile peer."""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+
+
+def open_fds() -> dict[int, str]:
+    """This process's open descriptors and what each refers to."""
+    listing = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        numbers = [int(name) for name in os.listdir(listing) if int(name) != listing]
+    finally:
+        os.close(listing)
+    found = {}
+    for fd in numbers:
+        try:
+            found[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
+    """Send like a hostile peer: any payload, one SCM_RIGHTS message a group."""
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds)) for fds in groups]
+    sock.sendmsg([data], ancillary)
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def same_file(a: int, b: int) -> bool:
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
