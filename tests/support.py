@@ -5,6 +5,12 @@ from __future__ import annotations
 import array
 import os
 import socket
+import subprocess
+import sys
+
+import fdpass
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
 
 
 def open_fds() -> dict[int, str]:
@@ -37,3 +43,10 @@ def close_all(fds: list[int]) -> None:
 def same_file(a: int, b: int) -> bool:
     sa, sb = os.fstat(a), os.fstat(b)
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run this interpreter on args from the folder fdpass was imported from,
+    so that a child imports the same build, never a source tree in the cwd."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                          timeout=120, cwd=PACKAGE_ROOT)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import sys
 import textwrap
 import threading
@@ -18,7 +17,7 @@ from typing import Callable
 import pytest
 
 from fdpass import FDChannel
-from support import same_file
+from support import run_python, same_file
 
 Pair = tuple[FDChannel, FDChannel]
 
@@ -173,7 +172,6 @@ def test_no_sigpipe_in_a_child_with_the_default_handler() -> None:
         print(ok, errno.errorcode[fdpass.get_errno()])
         print("alive")
     """)
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60)
+    result = run_python("-c", code)
     assert result.returncode == 0, (result.returncode, result.stderr)
     assert result.stdout.split() == ["BrokenPipeError", "False", "EPIPE", "alive"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.machinery
 import re
 import subprocess
-import sys
 
 import fdpass
 from fdpass import _channel, _engine, _functional
+from support import run_python
 
 
 def test_compiled_engine_is_loaded() -> None:
@@ -29,8 +29,7 @@ def test_public_names() -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fdpass", *args], capture_output=True,
-                          text=True, timeout=120)
+    return run_python("-m", "fdpass", *args)
 
 
 def test_info_command() -> None:
