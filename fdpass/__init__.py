@@ -3,10 +3,20 @@
 
 from __future__ import annotations
 
-from fdpass._channel import MAX_FDS, FDChannel
-from fdpass._engine import CLOEXEC_METHOD
 from fdpass._errors import ProtocolError
-from fdpass._functional import get_errno, recv, send
+
+try:
+    from fdpass._channel import MAX_FDS, FDChannel
+    from fdpass._engine import CLOEXEC_METHOD
+    from fdpass._functional import get_errno, recv, send
+except ModuleNotFoundError as exc:
+    if not (exc.name or "").startswith("fdpass._"):
+        raise
+    raise ImportError(
+        f"fdpass's compiled engine is not built in {__path__[0]}: this is a source "
+        "tree. Build it in place (pip install -e . or python setup.py build_ext "
+        "--inplace), or run from another directory to import the installed fdpass."
+    ) from exc
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport EAFNOSUPPORT, EBADF, ENOTSOCK, errno
+from libc.math cimport isnan
 from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
@@ -19,7 +20,6 @@ from fdpass._posix cimport (
     SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, setsockopt,
 )
 
-import math
 import os
 import socket as _socket
 
@@ -35,7 +35,7 @@ cdef double timeout_value(object value) except? -2.0:
         t = value
     except TypeError:
         raise TypeError(f"timeout must be None or a number, not {type(value).__name__}") from None
-    if math.isnan(t) or t < 0:
+    if isnan(t) or t < 0:
         raise ValueError(f"timeout must be None or a number >= 0, got {value!r}")
     return t
 

@@ -118,14 +118,18 @@ cdef int wait_ready(int fd, bint writing, double timeout, double deadline,
             PyErr_CheckSignals()
 
 
+cdef double deadline_for(double timeout) noexcept nogil:
+    return monotonic() + timeout if timeout > 0 else 0.0
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
-                         double timeout, int *err) except -2:
+                         double timeout, double deadline, int *err) except -2:
     """sendmsg/recvmsg in the PEP 475 loop: the GIL released, EINTR retried
     unless a signal handler raised, EAGAIN waited out with poll while the
-    timeout allows.  -1 with err set on failure (ETIMEDOUT for a timeout)."""
+    timeout allows (until deadline when it is > 0).  -1 with err set on
+    failure (ETIMEDOUT for a timeout)."""
     cdef Py_ssize_t n
     cdef int saved, ready
-    cdef double deadline = monotonic() + timeout if timeout > 0 else 0.0
     while True:
         with nogil:
             if writing:
@@ -151,7 +155,8 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
 
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
                       size_t length, int flags, double timeout, int *err) except -2:
-    """Send data with fds attached to its first byte; 0, or -1 with err."""
+    """Send data with fds attached to its first byte, and the rest of it
+    within the same deadline; 0, or -1 with err."""
     cdef fdpass_control_t control
     cdef msghdr msg
     cdef iovec iov
@@ -159,6 +164,7 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     cdef Py_ssize_t n
     cdef size_t sent = 0
     cdef size_t fdbytes = nfds * sizeof(int)
+    cdef double deadline = deadline_for(timeout)
     memset(&msg, 0, sizeof(msg))
     memset(control.buf, 0, CMSG_SPACE(fdbytes))
     iov.iov_base = <void *>data
@@ -174,7 +180,7 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     memcpy(CMSG_DATA(cmsg), fds, fdbytes)
     flags |= FDPASS_MSG_NOSIGNAL
     while True:
-        n = msg_call(True, sock, &msg, flags, timeout, err)
+        n = msg_call(True, sock, &msg, flags, timeout, deadline, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
@@ -248,7 +254,8 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     msg.msg_controllen = given
     out.total = 0
     out.nfds = 0
-    n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout, err)
+    n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
+                 deadline_for(timeout), err)
     if n < 0:
         return -1
     out.nbytes = n
