@@ -3,20 +3,29 @@
 
 from __future__ import annotations
 
+import os
+
 from fdpass._errors import ProtocolError
+
+
+def _refuse_source_tree(package_dir: str) -> None:
+    """Importing a clone's fdpass/ (the cwd comes first on sys.path) finds
+    no compiled engine: say so, rather than that a module is missing."""
+    if os.path.exists(os.path.join(package_dir, "_channel.pyx")):
+        raise ImportError(
+            f"fdpass's compiled engine is not built in {package_dir}: this is a "
+            "source tree. Build it in place (pip install -e . or python setup.py "
+            "build_ext --inplace), or run from another directory to import the "
+            "installed fdpass.")
+
 
 try:
     from fdpass._channel import MAX_FDS, FDChannel
     from fdpass._engine import CLOEXEC_METHOD
     from fdpass._functional import get_errno, recv, send
-except ModuleNotFoundError as exc:
-    if not (exc.name or "").startswith("fdpass._"):
-        raise
-    raise ImportError(
-        f"fdpass's compiled engine is not built in {__path__[0]}: this is a source "
-        "tree. Build it in place (pip install -e . or python setup.py build_ext "
-        "--inplace), or run from another directory to import the installed fdpass."
-    ) from exc
+except ModuleNotFoundError:
+    _refuse_source_tree(__path__[0])
+    raise
 
 __version__ = "0.1.0"
 

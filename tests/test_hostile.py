@@ -10,6 +10,8 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fdpass
 from fdpass import FDChannel, ProtocolError
@@ -165,3 +167,25 @@ def test_truncation_by_a_full_buffer(stream: tuple[socket.socket, socket.socket]
         with pytest.raises(ProtocolError, match="MSG_CTRUNC.*more than the 1 descriptors"):
             rx.recv_fd()
         assert_still_usable(stream, rx)
+
+
+@settings(max_examples=80, deadline=None)
+@given(kind=st.sampled_from([socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]),
+       groups=st.lists(st.integers(1, 12), max_size=4),
+       data=st.binary(min_size=1, max_size=4),
+       maxfds=st.integers(1, 16))
+def test_any_raw_message_is_returned_whole_or_refused_and_closed(
+        kind: int, groups: list[int], data: bytes, maxfds: int) -> None:
+    before = open_fds()
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    with a, b, FDChannel(b, closefd=False) as rx:
+        raw_send(a, data, *[[0] * n for n in groups])
+        total = sum(groups)
+        if 1 <= total <= maxfds:
+            got = rx.recv_fds(maxfds)
+            assert len(got) == total and all(same_file(fd, 0) for fd in got)
+            close_all(got)
+        else:
+            with pytest.raises(ProtocolError):
+                rx.recv_fds(maxfds)
+    assert open_fds() == before
