@@ -3,7 +3,7 @@ one errno-to-exception mapping.  Nothing here allocates per message."""
 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
-from libc.errno cimport EAFNOSUPPORT, EBADF, EINTR, ETIMEDOUT, errno
+from libc.errno cimport EAFNOSUPPORT, EBADF, EBADMSG, EINTR, ETIMEDOUT, errno
 from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset, strerror
 from posix.fcntl cimport F_GETFD, F_SETFD, FD_CLOEXEC, fcntl
@@ -20,8 +20,6 @@ from fdpass._posix cimport (
 )
 
 from fdpass._errors import ProtocolError
-
-import errno as _errno
 
 
 cdef double monotonic() noexcept nogil:
@@ -307,7 +305,7 @@ cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except 
                    "received were closed")
     else:
         message = f"the message ({r.nbytes} bytes) carried no descriptor"
-    raise ProtocolError(_errno.EBADMSG, message)
+    raise ProtocolError(EBADMSG, message)
 
 
 #: How received descriptors become close-on-exec on this platform.
