@@ -13,7 +13,7 @@ from posix.unistd cimport close
 from fdpass._engine cimport (
     RECV_EMPTY, RECV_OK, Received, as_fd, close_fds, raise_os_error,
     raise_recv_status, raise_send_error, recv_message_into, send_message,
-    socket_type,
+    unix_socket_type,
 )
 from fdpass._posix cimport (
     FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, MSG_DONTWAIT, SOCK_DGRAM,
@@ -71,7 +71,7 @@ cdef class FDChannel:
                 raise_os_error(EBADF, "the socket is closed")
         else:
             fd = as_fd(sock)
-        sock_type = socket_type(fd, &family, &err)
+        sock_type = unix_socket_type(fd, &family, &err)
         if sock_type < 0:
             if err == EAFNOSUPPORT:
                 raise ValueError(

@@ -14,7 +14,8 @@ cdef struct Received:
     RecvStatus status
 
 cdef int as_fd(object f) except -1
-cdef int socket_type(int fd, int *family, int *err) noexcept nogil
+cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil
+cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
                       size_t length, int flags, double timeout, int *err) except -2
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,

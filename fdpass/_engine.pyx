@@ -13,7 +13,7 @@ from posix.unistd cimport close
 
 from fdpass._posix cimport (
     AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
-    FDPASS_CLOEXEC_METHOD, FDPASS_CRED_SPACE, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL,
+    FDPASS_CLOEXEC_METHOD, FDPASS_CRED_SPACE, FDPASS_SO_DOMAIN, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL,
     FDPASS_RIGHTS_SPACE, FDPASS_WOULD_BLOCK, MSG_CTRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET,
     SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt, msghdr, poll,
     pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
@@ -66,22 +66,39 @@ cdef int as_fd(object f) except -1:
     return <int>value
 
 
-cdef int socket_type(int fd, int *family, int *err) noexcept nogil:
-    """SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM for an AF_UNIX socket;
-    -1 with err set (EBADF, ENOTSOCK, EAFNOSUPPORT) for anything else."""
+cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil:
+    """0 for an AF_UNIX socket; -1 with err set (EBADF, ENOTSOCK, or
+    EAFNOSUPPORT with family) for anything else.  One syscall."""
     cdef sockaddr_storage addr
-    cdef socklen_t addrlen = sizeof(addr)
+    cdef socklen_t length
     cdef int value = 0
-    cdef socklen_t optlen = sizeof(value)
-    memset(&addr, 0, sizeof(addr))
-    if getsockname(fd, <sockaddr *>&addr, &addrlen) < 0:
-        err[0] = errno
-        return -1
-    family[0] = addr.ss_family
-    if addr.ss_family != AF_UNIX:
+    if FDPASS_SO_DOMAIN >= 0:
+        length = sizeof(value)
+        if getsockopt(fd, SOL_SOCKET, FDPASS_SO_DOMAIN, &value, &length) < 0:
+            err[0] = errno
+            return -1
+    else:
+        length = sizeof(addr)
+        memset(&addr, 0, sizeof(addr))
+        if getsockname(fd, <sockaddr *>&addr, &length) < 0:
+            err[0] = errno
+            return -1
+        value = addr.ss_family
+    family[0] = value
+    if value != AF_UNIX:
         err[0] = EAFNOSUPPORT
         return -1
-    if getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &optlen) < 0:
+    return 0
+
+
+cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil:
+    """SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM for an AF_UNIX socket;
+    -1 with err set, as check_unix_socket, for anything else."""
+    cdef int value = 0
+    cdef socklen_t length = sizeof(value)
+    if check_unix_socket(fd, family, err) < 0:
+        return -1
+    if getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &length) < 0:
         err[0] = errno
         return -1
     return value

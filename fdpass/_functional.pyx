@@ -5,7 +5,9 @@ from cpython.long cimport PyLong_Check
 from libc.errno cimport EBADMSG, ECONNRESET
 from posix.unistd cimport close
 
-from fdpass._engine cimport RECV_EMPTY, Received, recv_message_into, send_message, socket_type
+from fdpass._engine cimport (
+    RECV_EMPTY, Received, check_unix_socket, recv_message_into, send_message, unix_socket_type,
+)
 from fdpass._posix cimport SOCK_DGRAM
 
 cdef extern from "fdpass_compat.h":
@@ -33,7 +35,7 @@ def send(socket_fd, fd_to_pass):
     cdef int sock = fd_number(socket_fd, "socket_fd")
     cdef int fd = fd_number(fd_to_pass, "fd_to_pass")
     cdef int family = 0, err = 0
-    if socket_type(sock, &family, &err) < 0:
+    if check_unix_socket(sock, &family, &err) < 0:
         return failed(err)
     if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, &err) < 0:
         return failed(err)
@@ -45,18 +47,19 @@ def recv(socket_fd):
     with get_errno() telling why (ECONNRESET at end of stream, EBADMSG for
     a message that carried no descriptor, or more than one)."""
     cdef int sock = fd_number(socket_fd, "socket_fd")
-    cdef int fd = -1, family = 0, err = 0, sock_type
+    cdef int fd = -1, family = 0, err = 0
     cdef char byte
     cdef Received r
-    sock_type = socket_type(sock, &family, &err)
-    if sock_type < 0:
+    if check_unix_socket(sock, &family, &err) < 0:
         failed(err)
         return -1
     if recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, &r, &err) < 0:
         failed(err)
         return -1
     if r.nfds == 0:
-        failed(ECONNRESET if r.status == RECV_EMPTY and sock_type != SOCK_DGRAM else EBADMSG)
+        # Nothing at all is the end of the stream, but on a datagram socket.
+        failed(ECONNRESET if r.status == RECV_EMPTY
+               and unix_socket_type(sock, &family, &err) != SOCK_DGRAM else EBADMSG)
         return -1
     try:
         return fd

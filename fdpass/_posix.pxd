@@ -71,6 +71,7 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_MSG_CMSG_CLOEXEC
         FDPASS_MSG_NOSIGNAL
         FDPASS_SO_NOSIGPIPE
+        FDPASS_SO_DOMAIN
         FDPASS_MAX_FDS
         FDPASS_CRED_SPACE
         FDPASS_CONTROL_MAX

@@ -32,6 +32,14 @@
 #include <errno.h>
 #define FDPASS_WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 
+/* The address family in one getsockopt where the platform has SO_DOMAIN;
+ * elsewhere getsockname tells. */
+#ifdef SO_DOMAIN
+#  define FDPASS_SO_DOMAIN SO_DOMAIN
+#else
+#  define FDPASS_SO_DOMAIN (-1)
+#endif
+
 #ifndef MSG_DONTWAIT
 #  define MSG_DONTWAIT 0
 #endif
