@@ -65,6 +65,8 @@ cdef class FDChannel:
 
     def __init__(self, sock, *, bint closefd=True):
         cdef int fd, sock_type, one = 1, family = 0, err = 0
+        if self._fd >= 0:
+            raise RuntimeError("FDChannel.__init__ called on an open channel")
         if isinstance(sock, _socket.socket):
             fd = sock.fileno()
             if fd < 0:

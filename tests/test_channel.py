@@ -201,3 +201,38 @@ def test_a_channel_can_itself_be_sent() -> None:
 
 def test_max_fds() -> None:
     assert fdpass.MAX_FDS == fdpass._channel.MAX_FDS == 253
+
+
+def test_closefd_on_an_object_calls_its_close_or_closes_its_descriptor() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        closed: list[bool] = []
+
+        class Closable(HasFileno):
+            def close(self) -> None:
+                closed.append(True)
+
+        FDChannel(Closable(a.fileno())).close()
+        assert closed == [True] and a.fileno() >= 0
+        fd = os.dup(b.fileno())
+        FDChannel(HasFileno(fd)).close()
+        with pytest.raises(OSError):
+            os.fstat(fd)
+
+
+def test_init_again_is_refused(stream: tuple[socket.socket, socket.socket]) -> None:
+    a, b = stream
+    with FDChannel(a, closefd=False) as ch:
+        with pytest.raises(RuntimeError, match="open channel"):
+            ch.__init__(b)  # type: ignore[misc]
+        assert ch.fileno() == a.fileno()
+
+
+def test_socket_closed_behind_the_channel_is_named(stream: tuple[socket.socket, socket.socket]) -> None:
+    a, _ = stream
+    fd = os.dup(a.fileno())
+    with FDChannel(fd, closefd=False) as ch:
+        os.close(fd)
+        with pytest.raises(OSError, match=f"socket descriptor {fd} is not open") as info:
+            ch.send_fd(0)
+        assert info.value.errno == errno.EBADF
