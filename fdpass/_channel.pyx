@@ -131,6 +131,22 @@ cdef class FDChannel:
             return self._timeout
         return timeout_value(self._gettimeout())
 
+    cdef int _send(self, double timeout, const int *fds, int nfds,
+                   const char *data, size_t length) except -1:
+        cdef int err = 0
+        if send_message(self._fd, fds, nfds, data, length,
+                        MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err) < 0:
+            raise_send_error(err, self._fd, fds, nfds)
+        return 0
+
+    cdef int _recv(self, double timeout, void *buf, size_t buflen, int *fds,
+                   int maxfds, Received *r) except -1:
+        cdef int err = 0
+        if recv_message_into(self._fd, buf, buflen, fds, maxfds,
+                             MSG_DONTWAIT if timeout >= 0 else 0, timeout, r, &err) < 0:
+            raise_os_error(err, None)
+        return 0
+
     @property
     def closed(self):
         return self._fd < 0
@@ -196,17 +212,13 @@ cdef class FDChannel:
         message of one 0x00 byte: IO::FDPass's wire format."""
         cdef double timeout = self._call_timeout()
         cdef int fd = as_fd(f)
-        cdef int err = 0
-        if send_message(self._fd, &fd, 1, b"\0", 1,
-                        MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err) < 0:
-            raise_send_error(err, self._fd, &fd, 1)
+        self._send(timeout, &fd, 1, b"\0", 1)
 
     def send_fds(self, fs, data=b"\0"):
         """Send 1..MAX_FDS descriptors in one message whose payload is data."""
         cdef double timeout = self._call_timeout()
         cdef int fds[FDPASS_MAX_FDS]
         cdef Py_ssize_t i, n
-        cdef int err = 0, rc
         cdef Py_buffer view
         items = tuple(fs)
         n = len(items)
@@ -220,22 +232,17 @@ cdef class FDChannel:
         try:
             if view.len == 0:
                 raise ValueError("data must not be empty: descriptors travel with a byte")
-            rc = send_message(self._fd, fds, <int>n, <const char *>view.buf, view.len,
-                              MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err)
+            self._send(timeout, fds, <int>n, <const char *>view.buf, view.len)
         finally:
             PyBuffer_Release(&view)
-        if rc < 0:
-            raise_send_error(err, self._fd, fds, <int>n)
 
     def recv_fd(self):
         """Receive one message and return its one descriptor, now the caller's."""
         cdef double timeout = self._call_timeout()
-        cdef int fd = -1, err = 0
+        cdef int fd = -1
         cdef char byte
         cdef Received r
-        if recv_message_into(self._fd, &byte, 1, &fd, 1,
-                             MSG_DONTWAIT if timeout >= 0 else 0, timeout, &r, &err) < 0:
-            raise_os_error(err, None)
+        self._recv(timeout, &byte, 1, &fd, 1, &r)
         if r.nfds == 0:
             raise_recv_status(&r, 1, self._type)
         try:
@@ -248,13 +255,10 @@ cdef class FDChannel:
         """Receive one message and return its descriptors (at least one)."""
         cdef double timeout = self._call_timeout()
         cdef int fds[FDPASS_MAX_FDS]
-        cdef int err = 0
         cdef char byte
         cdef Received r
         check_maxfds(maxfds)
-        if recv_message_into(self._fd, &byte, 1, fds, <int>maxfds,
-                             MSG_DONTWAIT if timeout >= 0 else 0, timeout, &r, &err) < 0:
-            raise_os_error(err, None)
+        self._recv(timeout, &byte, 1, fds, <int>maxfds, &r)
         if r.nfds == 0:
             raise_recv_status(&r, <int>maxfds, self._type)
         try:
@@ -267,7 +271,6 @@ cdef class FDChannel:
         """Receive one message: (payload of at most bufsize bytes, descriptors)."""
         cdef double timeout = self._call_timeout()
         cdef int fds[FDPASS_MAX_FDS]
-        cdef int err = 0
         cdef Received r
         cdef char *buf
         if bufsize < 1:
@@ -277,9 +280,7 @@ cdef class FDChannel:
         if buf == NULL:
             raise MemoryError(f"cannot allocate a {bufsize}-byte buffer")
         try:
-            if recv_message_into(self._fd, buf, bufsize, fds, <int>maxfds,
-                                 MSG_DONTWAIT if timeout >= 0 else 0, timeout, &r, &err) < 0:
-                raise_os_error(err, None)
+            self._recv(timeout, buf, bufsize, fds, <int>maxfds, &r)
             if r.status != RECV_OK and not (r.status == RECV_EMPTY and self._type == SOCK_DGRAM):
                 raise_recv_status(&r, <int>maxfds, self._type)
             try:
