@@ -33,10 +33,7 @@ def test_wraps_a_socket_an_int_and_an_object_with_fileno(
     assert a.fileno() >= 0  # closefd=False left it open
 
 
-@pytest.mark.parametrize("kind", ["stream", "seqpacket", "dgram"])
-def test_every_unix_socket_type_is_accepted(kind: str) -> None:
-    sock_type = {"stream": socket.SOCK_STREAM, "seqpacket": socket.SOCK_SEQPACKET,
-                 "dgram": socket.SOCK_DGRAM}[kind]
+def test_every_unix_socket_type_is_accepted(sock_type: int) -> None:
     a, b = FDChannel.pair(sock_type)
     with a, b:
         assert a.type == b.type == sock_type
