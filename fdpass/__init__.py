@@ -21,6 +21,7 @@ def _refuse_source_tree(package_dir: str) -> None:
 
 try:
     from fdpass._channel import MAX_FDS, FDChannel
+    from fdpass._credentials import Credentials
     from fdpass._engine import CLOEXEC_METHOD
     from fdpass._functional import get_errno, recv, send
 except ModuleNotFoundError:
@@ -34,6 +35,7 @@ ENGINE = "compiled"
 
 __all__ = [
     "CLOEXEC_METHOD",
+    "Credentials",
     "ENGINE",
     "MAX_FDS",
     "FDChannel",

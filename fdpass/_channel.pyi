@@ -1,10 +1,20 @@
+import io
 import os
 import socket
 from collections.abc import Iterable
-from typing import Protocol, TypeVar, Union
+from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar, Union, overload
 
-from _typeshed import ReadableBuffer
+from _typeshed import (
+    OpenBinaryMode,
+    OpenBinaryModeReading,
+    OpenBinaryModeUpdating,
+    OpenBinaryModeWriting,
+    OpenTextMode,
+    ReadableBuffer,
+)
 from typing_extensions import disjoint_base
+
+from fdpass._credentials import Credentials
 
 class _HasFileno(Protocol):
     def fileno(self) -> int: ...
@@ -40,3 +50,69 @@ class FDChannel:
     def recv_fd(self) -> int: ...
     def recv_fds(self, maxfds: int = ...) -> list[int]: ...
     def recv_message(self, bufsize: int, maxfds: int = ...) -> tuple[bytes, list[int]]: ...
+    # recv_file's return type follows the mode, as open()'s does in typeshed.
+    @overload
+    def recv_file(
+        self,
+        mode: OpenTextMode,
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> io.TextIOWrapper: ...
+    @overload
+    def recv_file(
+        self,
+        mode: OpenBinaryMode | None,
+        buffering: Literal[0],
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+    ) -> io.FileIO: ...
+    @overload
+    def recv_file(
+        self,
+        mode: OpenBinaryModeUpdating,
+        buffering: Literal[-1, 1] = -1,
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+    ) -> io.BufferedRandom: ...
+    @overload
+    def recv_file(
+        self,
+        mode: OpenBinaryModeWriting,
+        buffering: Literal[-1, 1] = -1,
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+    ) -> io.BufferedWriter: ...
+    @overload
+    def recv_file(
+        self,
+        mode: OpenBinaryModeReading,
+        buffering: Literal[-1, 1] = -1,
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+    ) -> io.BufferedReader: ...
+    @overload
+    def recv_file(
+        self,
+        mode: OpenBinaryMode | None = None,
+        buffering: int = -1,
+        encoding: None = None,
+        errors: None = None,
+        newline: None = None,
+    ) -> BinaryIO: ...
+    @overload
+    def recv_file(
+        self,
+        mode: str | None = None,
+        buffering: int = -1,
+        encoding: str | None = None,
+        errors: str | None = None,
+        newline: str | None = None,
+    ) -> IO[Any]: ...
+    def recv_socket(self) -> socket.socket: ...
+    def peer_credentials(self) -> Credentials: ...

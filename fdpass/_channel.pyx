@@ -10,6 +10,7 @@ from libc.math cimport isnan
 from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
+from fdpass._convert cimport file_from_fd, socket_from_fd
 from fdpass._engine cimport (
     RECV_EMPTY, RECV_OK, Received, as_fd, close_fds, raise_os_error,
     raise_recv_status, raise_send_error, recv_message_into, send_message,
@@ -17,11 +18,13 @@ from fdpass._engine cimport (
 )
 from fdpass._posix cimport (
     FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, MSG_DONTWAIT, SOCK_DGRAM,
-    SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, setsockopt,
+    SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, fdpass_peer_credentials, setsockopt,
 )
 
 import os
 import socket as _socket
+
+from fdpass._credentials import Credentials
 
 MAX_FDS = FDPASS_MAX_FDS
 
@@ -124,9 +127,13 @@ cdef class FDChannel:
             sock.close()
             raise
 
-    cdef double _call_timeout(self) except? -2.0:
+    cdef int _open_fd(self) except -1:
         if self._fd < 0:
             raise ValueError("I/O operation on closed channel")
+        return self._fd
+
+    cdef double _call_timeout(self) except? -2.0:
+        self._open_fd()
         if self._gettimeout is None:
             return self._timeout
         return timeout_value(self._gettimeout())
@@ -157,9 +164,7 @@ cdef class FDChannel:
         return _socket.SocketKind(self._type)
 
     def fileno(self):
-        if self._fd < 0:
-            raise ValueError("I/O operation on closed channel")
-        return self._fd
+        return self._open_fd()
 
     def close(self):
         """Close the channel, and with closefd the socket it wraps."""
@@ -250,6 +255,23 @@ cdef class FDChannel:
         except BaseException:
             close(fd)
             raise
+
+    def recv_file(self, mode=None, buffering=-1, encoding=None, errors=None, newline=None):
+        """Receive one descriptor as a file object that owns it, as
+        open(fd, ...) makes; mode None follows the descriptor's access
+        flags: "rb", "wb", "ab", "r+b" or "a+b"."""
+        return file_from_fd(self.recv_fd(), mode, buffering, encoding, errors, newline)
+
+    def recv_socket(self):
+        """Receive one descriptor as a socket.socket of its own family and type."""
+        return socket_from_fd(self.recv_fd())
+
+    def peer_credentials(self):
+        """The connected peer's Credentials(pid, uid, gid) (SO_PEERCRED)."""
+        cdef long pid = -1, uid = -1, gid = -1
+        if fdpass_peer_credentials(self._open_fd(), &pid, &uid, &gid) < 0:
+            raise_os_error(errno, "no peer credentials")
+        return Credentials(pid, uid, gid)
 
     def recv_fds(self, Py_ssize_t maxfds=FDPASS_MAX_FDS):
         """Receive one message and return its descriptors (at least one)."""

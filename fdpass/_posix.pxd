@@ -75,10 +75,12 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_MAX_FDS
         FDPASS_CRED_SPACE
         FDPASS_CONTROL_MAX
+        FDPASS_O_PATH
 
     const char *FDPASS_CLOEXEC_METHOD
     size_t FDPASS_RIGHTS_SPACE(size_t nfds)
     bint FDPASS_WOULD_BLOCK(int err)
+    int fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
 
     ctypedef union fdpass_control_t:
         cmsghdr align

@@ -75,3 +75,43 @@ typedef union {
 #else
 #  define FDPASS_THREAD_LOCAL __thread
 #endif
+
+/* O_PATH (Linux) descriptors name a file but can be neither read nor written. */
+#include <fcntl.h>
+#ifdef O_PATH
+#  define FDPASS_O_PATH O_PATH
+#else
+#  define FDPASS_O_PATH 0
+#endif
+
+/* The connected peer's process, user and group: SO_PEERCRED (Linux, where
+ * a socket without a peer reports pid 0 and uid -1), else getpeereid(),
+ * which has no pid (-1).  0, or -1 with errno set. */
+#include <unistd.h>
+static inline int
+fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
+{
+#if defined(SO_PEERCRED) && defined(__linux__)
+    struct ucred cred;
+    socklen_t length = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0)
+        return -1;
+    if (cred.pid == 0 && cred.uid == (uid_t)-1) {
+        errno = ENOTCONN;
+        return -1;
+    }
+    *pid = (long)cred.pid;
+    *uid = (long)cred.uid;
+    *gid = (long)cred.gid;
+    return 0;
+#else
+    uid_t euid;
+    gid_t egid;
+    if (getpeereid(fd, &euid, &egid) < 0)
+        return -1;
+    *pid = -1;
+    *uid = (long)euid;
+    *gid = (long)egid;
+    return 0;
+#endif
+}

@@ -50,3 +50,10 @@ def run_python(*args: str) -> subprocess.CompletedProcess[str]:
     so that a child imports the same build, never a source tree in the cwd."""
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=120, cwd=PACKAGE_ROOT)
+
+
+def python_child(code: str, *args: str) -> subprocess.Popen[str]:
+    """Start this interpreter on code (as run_python), its stdout a pipe;
+    use it in a with block, which closes the pipe and reaps the child."""
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
+                            text=True, cwd=PACKAGE_ROOT)

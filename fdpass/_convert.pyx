@@ -1,0 +1,95 @@
+"""Received descriptors turned into file and socket objects, with the
+descriptor closed on every path where the conversion fails."""
+
+from libc.errno cimport ENOTSOCK, errno
+from posix.fcntl cimport (
+    F_GETFL, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, fcntl,
+)
+from posix.unistd cimport close
+
+from fdpass._engine cimport raise_os_error
+from fdpass._posix cimport FDPASS_O_PATH
+
+import socket as _socket
+
+
+cdef int access_flags(int fd) except -1:
+    """The descriptor's F_GETFL flags; O_PATH ones are refused, as no
+    file object can read or write through them."""
+    cdef int flags = fcntl(fd, F_GETFL)
+    if flags < 0:
+        raise_os_error(errno, "fcntl(F_GETFL) on the received descriptor")
+    if flags & FDPASS_O_PATH:
+        raise ValueError("the received descriptor was opened with O_PATH: "
+                         "it can be neither read nor written")
+    return flags
+
+
+cdef str file_mode(int fd, object mode):
+    """mode, checked against what the descriptor allows; for None, the
+    binary mode its access flags give (as the sender opened it)."""
+    cdef int flags = access_flags(fd)
+    cdef int access = flags & O_ACCMODE
+    cdef bint readable = access == O_RDONLY or access == O_RDWR
+    cdef bint writable = access == O_WRONLY or access == O_RDWR
+    if mode is None:
+        if not writable:
+            return "rb"
+        prefix = "a" if flags & O_APPEND else ("r" if readable else "w")
+        return prefix + ("+b" if readable else "b")
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str or None, not {type(mode).__name__}")
+    if ("r" in mode or "+" in mode) and not readable:
+        raise ValueError(f"mode {mode!r} reads, but the received descriptor is write-only")
+    if any(c in mode for c in "wax+") and not writable:
+        raise ValueError(f"mode {mode!r} writes, but the received descriptor is read-only")
+    return mode
+
+
+cdef class _HandOver:
+    """open()'s opener for a descriptor we already hold.  Once open() has
+    called it, the io machinery owns the descriptor and closes it if
+    anything later fails (a directory, an unknown encoding); before that,
+    it is still ours to close."""
+    cdef int fd
+    cdef bint taken
+
+    def __call__(self, path, flags):
+        self.taken = True
+        return self.fd
+
+
+cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
+                         object errors, object newline):
+    cdef _HandOver opener = _HandOver()
+    opener.fd = fd
+    try:
+        f = open(f"<received descriptor {fd}>", file_mode(fd, mode), buffering,
+                 encoding, errors, newline, opener=opener)
+    except BaseException:
+        if not opener.taken:
+            close(fd)
+        raise
+    raw = getattr(f, "buffer", f)
+    getattr(raw, "raw", raw).name = fd  # as open(fd) names it
+    return f
+
+
+cdef object socket_from_fd(int fd):
+    """A socket.socket of the descriptor's own family, type and protocol,
+    whose timeout agrees with the descriptor (0.0 when O_NONBLOCK is set)."""
+    cdef int flags
+    try:
+        sock = _socket.socket(fileno=fd)
+    except OSError as e:
+        close(fd)
+        if e.errno == ENOTSOCK:
+            raise_os_error(ENOTSOCK, "the received descriptor (now closed) is not a socket")
+        raise
+    except BaseException:
+        close(fd)
+        raise
+    flags = fcntl(fd, F_GETFL)
+    if flags >= 0 and flags & O_NONBLOCK and sock.gettimeout() is None:
+        sock.setblocking(False)
+    return sock

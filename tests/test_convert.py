@@ -1,0 +1,339 @@
+"""recv_file, recv_socket and peer_credentials: the descriptor becomes an
+object that owns it, or is closed before the exception leaves."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import fdpass
+from support import python_child, same_file
+
+Pair = tuple[fdpass.FDChannel, fdpass.FDChannel]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    tx, rx = fdpass.FDChannel.pair()
+    with tx, rx:
+        yield tx, rx
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.write_bytes(b"hello\n")
+    return path
+
+
+def send_opened(tx: fdpass.FDChannel, path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        tx.send_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def assert_in_step(tx: fdpass.FDChannel, rx: fdpass.FDChannel) -> None:
+    """After a failed conversion the next message is received whole."""
+    r, w = os.pipe()
+    try:
+        tx.send_fd(w)
+        got = rx.recv_fd()
+        assert same_file(got, w)
+        os.close(got)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode", "kind", "after"),
+    [
+        (os.O_RDONLY, "rb", io.BufferedReader, b"hello\n"),
+        (os.O_WRONLY, "wb", io.BufferedWriter, b"more\n\n"),
+        (os.O_RDWR, "rb+", io.BufferedRandom, b"hello\nmore\n"),
+        (os.O_WRONLY | os.O_APPEND, "ab", io.BufferedWriter, b"hello\nmore\n"),
+        (os.O_RDWR | os.O_APPEND, "ab+", io.BufferedRandom, b"hello\nmore\n"),
+    ],
+    ids=["rdonly", "wronly", "rdwr", "wronly-append", "rdwr-append"],
+)
+def test_mode_follows_access_flags(
+    pair: Pair, data_file: Path, flags: int, mode: str, kind: type[io.IOBase], after: bytes
+) -> None:
+    """Reads what is there, writes where the descriptor says (the start,
+    or the end with O_APPEND), and closing the file closes the descriptor."""
+    tx, rx = pair
+    send_opened(tx, data_file, flags)
+    with rx.recv_file() as f:
+        assert isinstance(f, kind)
+        assert f.mode == mode
+        fd = f.name
+        assert isinstance(fd, int)
+        if f.readable():  # append modes start at the end, as open()'s do
+            f.seek(0)
+            assert f.read() == b"hello\n"
+        if f.writable():
+            f.write(b"more\n")
+    with pytest.raises(OSError) as closed:
+        os.fstat(fd)
+    assert closed.value.errno == errno.EBADF
+    assert data_file.read_bytes() == after
+
+
+def test_text_mode_with_encoding(pair: Pair, tmp_path: Path) -> None:
+    tx, rx = pair
+    path = tmp_path / "text"
+    path.write_bytes("café\r\nthé\n".encode("latin-1"))
+    send_opened(tx, path, os.O_RDWR)
+    with rx.recv_file("r+", encoding="latin-1", newline="") as f:
+        assert isinstance(f, io.TextIOWrapper)
+        assert f.encoding == "latin-1"
+        assert f.readlines() == ["café\r\n", "thé\n"]
+        f.write("crème\n")
+    assert path.read_bytes().endswith("crème\n".encode("latin-1"))
+
+
+def test_text_write_only(pair: Pair, tmp_path: Path) -> None:
+    tx, rx = pair
+    path = tmp_path / "out"
+    path.touch()
+    send_opened(tx, path, os.O_WRONLY)
+    with rx.recv_file("w", encoding="utf-16") as f:
+        f.write("Grüße")
+    assert path.read_bytes().decode("utf-16") == "Grüße"
+
+
+def test_unbuffered(pair: Pair, data_file: Path) -> None:
+    tx, rx = pair
+    send_opened(tx, data_file, os.O_RDONLY)
+    with rx.recv_file("rb", buffering=0) as f:
+        assert isinstance(f, io.FileIO)
+        assert f.read() == b"hello\n"
+
+
+def test_pipe_ends(pair: Pair, pipe: tuple[int, int]) -> None:
+    tx, rx = pair
+    r, w = pipe
+    tx.send_fd(w)
+    with rx.recv_file() as writer:
+        assert writer.mode == "wb"
+        writer.write(b"through the pipe")
+    assert os.read(r, 100) == b"through the pipe"
+
+
+@pytest.mark.parametrize(
+    ("flags", "mode", "words"),
+    [
+        (os.O_WRONLY, "r", "reads, but the received descriptor is write-only"),
+        (os.O_WRONLY, "rb+", "reads, but the received descriptor is write-only"),
+        (os.O_RDONLY, "w", "writes, but the received descriptor is read-only"),
+        (os.O_RDONLY, "ab", "writes, but the received descriptor is read-only"),
+        (os.O_RDONLY, "r+", "reads, but|writes, but"),
+        (os.O_RDONLY, "xb", "writes, but the received descriptor is read-only"),
+    ],
+)
+def test_mode_the_descriptor_cannot_honour(
+    pair: Pair, data_file: Path, flags: int, mode: str, words: str
+) -> None:
+    tx, rx = pair
+    send_opened(tx, data_file, flags)
+    with pytest.raises(ValueError, match=words):
+        rx.recv_file(mode)
+    assert_in_step(tx, rx)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exception", "words"),
+    [
+        ({"mode": "rq"}, ValueError, "mode"),
+        ({"mode": 5}, TypeError, "mode must be a str or None, not int"),
+        ({"mode": "rb", "encoding": "utf-8"}, ValueError, "binary mode"),
+        ({"mode": "r", "encoding": "no-such-codec"}, LookupError, "no-such-codec"),
+        ({"mode": "r", "newline": "x"}, ValueError, "newline"),
+        ({"mode": "r", "buffering": "big"}, TypeError, "integer"),
+    ],
+    ids=["bad-mode", "mode-type", "binary-encoding", "unknown-codec", "bad-newline",
+         "buffering-type"],
+)
+def test_failed_conversion_closes_the_descriptor(
+    pair: Pair, data_file: Path, kwargs: dict[str, object], exception: type[Exception], words: str
+) -> None:
+    tx, rx = pair
+    send_opened(tx, data_file, os.O_RDWR)
+    with pytest.raises(exception, match=words):
+        rx.recv_file(**kwargs)  # type: ignore[call-overload]
+    assert_in_step(tx, rx)
+
+
+def test_directory(pair: Pair, tmp_path: Path) -> None:
+    tx, rx = pair
+    send_opened(tx, tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    with pytest.raises(IsADirectoryError):
+        rx.recv_file()
+    assert_in_step(tx, rx)
+
+
+@pytest.mark.skipif(not hasattr(os, "O_PATH"), reason="O_PATH is Linux's")
+def test_o_path_descriptor(pair: Pair, data_file: Path) -> None:
+    tx, rx = pair
+    send_opened(tx, data_file, os.O_PATH)
+    with pytest.raises(ValueError, match="O_PATH"):
+        rx.recv_file()
+    assert_in_step(tx, rx)
+
+
+def test_recv_file_at_end_of_stream(pair: Pair) -> None:
+    tx, rx = pair
+    tx.close()
+    with pytest.raises(EOFError):
+        rx.recv_file()
+
+
+def test_recv_file_over_every_socket_type(
+    channels: Pair, data_file: Path
+) -> None:
+    tx, rx = channels
+    send_opened(tx, data_file, os.O_RDONLY)
+    with rx.recv_file() as f:
+        assert f.read() == b"hello\n"
+
+
+SOCKET_KINDS = [
+    (socket.AF_UNIX, socket.SOCK_STREAM),
+    (socket.AF_UNIX, socket.SOCK_DGRAM),
+    (socket.AF_UNIX, socket.SOCK_SEQPACKET),
+    (socket.AF_INET, socket.SOCK_STREAM),
+    (socket.AF_INET, socket.SOCK_DGRAM),
+    (socket.AF_INET6, socket.SOCK_STREAM),
+    (socket.AF_INET6, socket.SOCK_DGRAM),
+]
+
+
+@pytest.mark.parametrize(("family", "kind"), SOCKET_KINDS,
+                         ids=[f"{f.name}-{k.name}" for f, k in SOCKET_KINDS])
+def test_recv_socket_family_and_type(
+    pair: Pair, family: socket.AddressFamily, kind: socket.SocketKind
+) -> None:
+    tx, rx = pair
+    try:
+        original = socket.socket(family, kind)
+    except OSError as e:  # an IPv6-less kernel, say
+        pytest.skip(f"cannot make a {family.name} socket here: {e}")
+    with original:
+        tx.send_fd(original)
+        with rx.recv_socket() as received:
+            assert received.family == family
+            assert received.type == kind
+            assert received.proto == original.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+            assert received.gettimeout() is None
+            assert same_file(received.fileno(), original.fileno())
+
+
+def test_received_listening_socket_accepts(pair: Pair) -> None:
+    tx, rx = pair
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        tx.send_fd(server)
+        with rx.recv_socket() as received, \
+                socket.create_connection(server.getsockname()) as client:
+            conn, _ = received.accept()
+            with conn:
+                client.sendall(b"ping")
+                assert conn.recv(4) == b"ping"
+
+
+def test_recv_socket_non_blocking_descriptor(pair: Pair) -> None:
+    tx, rx = pair
+    a, b = socket.socketpair()
+    with a, b:
+        b.setblocking(False)
+        tx.send_fd(b)
+        with rx.recv_socket() as received:
+            assert received.gettimeout() == 0.0
+            with pytest.raises(BlockingIOError):
+                received.recv(1)
+
+
+@pytest.mark.parametrize("what", ["pipe", "file"])
+def test_recv_socket_refuses_a_non_socket(
+    pair: Pair, pipe: tuple[int, int], data_file: Path, what: str
+) -> None:
+    tx, rx = pair
+    if what == "pipe":
+        tx.send_fd(pipe[0])
+    else:
+        send_opened(tx, data_file, os.O_RDONLY)
+    with pytest.raises(OSError, match="not a socket") as refused:
+        rx.recv_socket()
+    assert refused.value.errno == errno.ENOTSOCK
+    assert_in_step(tx, rx)
+
+
+def test_send_fd_takes_a_channel(pair: Pair) -> None:
+    """A channel is an object with fileno(): its socket can be passed."""
+    tx, rx = pair
+    first, second = fdpass.FDChannel.pair()
+    with first, second:
+        tx.send_fd(first)
+        with rx.recv_socket() as received:
+            assert same_file(received.fileno(), first.fileno())
+            with fdpass.FDChannel(received, closefd=False) as passed:
+                passed.send_fds([rx, tx])
+            got = second.recv_fds()
+            assert [same_file(g, c.fileno()) for g, c in zip(got, (rx, tx))] == [True, True]
+            for fd in got:
+                os.close(fd)
+
+
+def test_peer_credentials_of_a_socketpair(pair: Pair) -> None:
+    tx, rx = pair
+    creds = rx.peer_credentials()
+    assert isinstance(creds, fdpass.Credentials)
+    assert creds == (os.getpid(), os.getuid(), os.getgid())
+    assert creds.pid == os.getpid()
+
+
+CONNECTING_CHILD = """
+import os, sys, fdpass
+with fdpass.FDChannel.connect(sys.argv[1]) as ch:
+    print(os.getpid(), flush=True)
+    ch.recv_message(1, 1)
+"""
+
+
+def test_peer_credentials_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen(1)
+        with python_child(CONNECTING_CHILD, str(path)) as child:
+            conn, _ = server.accept()
+            with fdpass.FDChannel(conn) as ch:
+                assert child.stdout is not None
+                child_pid = int(child.stdout.readline())
+                assert ch.peer_credentials() == (child_pid, os.getuid(), os.getgid())
+                ch.send_fds([ch], data=b"!")
+            assert child.wait(timeout=60) == 0
+
+
+def test_peer_credentials_without_a_peer() -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as lone, \
+            fdpass.FDChannel(lone, closefd=False) as ch:
+        with pytest.raises(OSError) as none:
+            ch.peer_credentials()
+        assert none.value.errno == errno.ENOTCONN
+
+
+def test_converters_on_a_closed_channel() -> None:
+    tx, rx = fdpass.FDChannel.pair()
+    tx.close()
+    rx.close()
+    for call in (rx.recv_file, rx.recv_socket, rx.peer_credentials):
+        with pytest.raises(ValueError, match="closed channel"):
+            call()
