@@ -68,3 +68,18 @@ def pipe() -> Iterator[tuple[int, int]]:
     finally:
         os.close(r)
         os.close(w)
+
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List each interop test (against a real Perl or standard-library peer)
+    with its outcome, so that a CI log shows they ran and were not skipped."""
+    lines = [f"{outcome.upper():8} {report.nodeid}"
+             for outcome in ("passed", "failed", "error", "skipped")
+             for report in terminalreporter.stats.get(outcome, [])
+             if "interop" in getattr(report, "keywords", {})
+             and (report.when == "call" or outcome != "passed")]
+    if lines:
+        terminalreporter.section("interoperability with real peers")
+        for line in lines:
+            terminalreporter.write_line(line)
