@@ -13,7 +13,7 @@ COMPILER_DIRECTIVES = {
     "auto_pickle": False,
 }
 
-MODULES = ["_engine", "_convert", "_channel", "_functional"]
+MODULES = ["_engine", "_convert", "_channel", "_functional", "_benchfloor"]
 
 extensions = [
     Extension(f"fdpass.{name}", [f"fdpass/{name}.pyx"], include_dirs=["include"])

@@ -1,4 +1,4 @@
-"""Command line: `python -m fdpass demo | info`."""
+"""Command line: `python -m fdpass demo | bench | info`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import platform
 import sys
 
 import fdpass
-from fdpass import _channel
+from fdpass import _bench, _channel
 from fdpass._demo import DemoFailed, parent
 
 
@@ -34,7 +34,22 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("demo", help="pass a file, a pipe and a socket to a child process")
     commands.add_parser("info", help="version, engine and platform facts")
+    bench = commands.add_parser(
+        "bench", help="time every implementation found over the same workloads")
+    bench.add_argument("--quick", action="store_true",
+                       help="a seconds-long smoke run (1/50 of the descriptors)")
+    bench.add_argument("--json", metavar="PATH",
+                       help="also write the figures as JSON to PATH")
+    bench.add_argument("--repeats", type=int, default=5, metavar="N",
+                       help="repeats per measurement; the median is reported (default 5)")
+    bench.add_argument("--workload", action="append", default=[],
+                       choices=[w.name for w in _bench.WORKLOADS],
+                       help="run only this workload (may be repeated)")
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        if args.repeats < 1:
+            parser.error("--repeats must be at least 1")
+        return _bench.run(args.quick, args.json, args.repeats, args.workload)
     return {"demo": demo, "info": info}[args.command]()
 
 

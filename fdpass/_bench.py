@@ -1,0 +1,592 @@
+"""`python -m fdpass bench`: every implementation this machine has, over the
+same workloads, in one run, so that the ratios between rows mean something.
+
+Each measurement is two worker processes over a fresh AF_UNIX socketpair:
+a sender and a receiver, made by fork (Python rows) or started as `perl`
+(the IO::FDPass row).  Both say when they are ready; the clock runs from
+the go signal to the sender until the receiver reports that it has taken
+(and closed) every descriptor."""
+
+from __future__ import annotations
+
+import array
+import json
+import multiprocessing.reduction
+import os
+import platform
+import select
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, TextIO
+
+import fdpass
+from fdpass import _benchfloor
+
+#: A worker that has not finished after this many seconds is killed.
+WORKER_DEADLINE = 300.0
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    descriptors: int         # per repeat, at full size
+    per_message: int = 1
+    reply: bool = False      # ping-pong: one byte back after each message
+    pinned: bool = False     # both workers on one CPU
+    convert: str = ""        # "file" or "socket": the receiver makes an object
+
+    @property
+    def what(self) -> str:
+        if self.reply:
+            return ("one descriptor, one byte back; both processes on one CPU"
+                    if self.pinned else "one descriptor, one byte back")
+        if self.convert:
+            return f"one descriptor per message, received as a {self.convert} object"
+        return f"{self.per_message} descriptor{'s' * (self.per_message > 1)} per message"
+
+
+WORKLOADS = [
+    Workload("stream", 100_000),
+    Workload("batch", 102_400, per_message=64),
+    Workload("ping-pong", 20_000, reply=True),
+    Workload("ping-pong-pinned", 20_000, reply=True, pinned=True),
+    Workload("convert-file", 20_000, convert="file"),
+    Workload("convert-socket", 20_000, convert="socket"),
+]
+
+
+class Implementation:
+    """One way of passing descriptors: a sender loop and a receiver loop."""
+
+    name = ""
+
+    def available(self) -> str:
+        """Why it cannot run here, or "" when it can."""
+        return ""
+
+    def supports(self, w: Workload) -> bool:
+        return not w.convert
+
+    def start(self, role: str, w: Workload, messages: int, fds: dict[str, int]) -> int:
+        """Fork a worker; its pid.  fds holds sock, ready, go (sender) or
+        done (receiver), and for the sender, passed (what it sends)."""
+        pid = os.fork()
+        if pid == 0:  # the worker: it never returns into the caller
+            status = 1
+            try:
+                self.work(role, w, messages, fds)
+                status = 0
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        return pid
+
+    def work(self, role: str, w: Workload, messages: int, fds: dict[str, int]) -> None:
+        os.write(fds["ready"], b"r")
+        with socket.socket(fileno=os.dup(fds["sock"])) as sock:
+            if role == "send":
+                os.read(fds["go"], 1)
+                self.send(sock, fds["passed"], messages, w)
+            else:
+                self.recv(sock, messages, w)
+                os.write(fds["done"], b"d")
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        raise NotImplementedError
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        raise NotImplementedError
+
+
+class Floor(Implementation):
+    name = "C floor (sendmsg/recvmsg loop)"
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        _benchfloor.send(sock.fileno(), fd, messages, w.per_message, w.reply)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        _benchfloor.recv(sock.fileno(), messages, w.per_message, w.reply)
+
+
+class Channel(Implementation):
+    name = "fdpass.FDChannel"
+
+    def supports(self, w: Workload) -> bool:
+        return True
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        ch = fdpass.FDChannel(sock, closefd=False)
+        s, read = sock.fileno(), os.read
+        if w.reply:
+            send_fd = ch.send_fd
+            for _ in range(messages):
+                send_fd(fd)
+                read(s, 1)
+        elif w.per_message == 1:
+            send_fd = ch.send_fd
+            for _ in range(messages):
+                send_fd(fd)
+        else:
+            send_fds, fds = ch.send_fds, [fd] * w.per_message
+            for _ in range(messages):
+                send_fds(fds)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        ch = fdpass.FDChannel(sock, closefd=False)
+        s, close, write = sock.fileno(), os.close, os.write
+        if w.convert:
+            convert = ch.recv_file if w.convert == "file" else ch.recv_socket
+            for _ in range(messages):
+                convert().close()
+        elif w.reply:
+            recv_fd = ch.recv_fd
+            for _ in range(messages):
+                close(recv_fd())
+                write(s, b"k")
+        elif w.per_message == 1:
+            recv_fd = ch.recv_fd
+            for _ in range(messages):
+                close(recv_fd())
+        else:
+            recv_fds, per = ch.recv_fds, w.per_message
+            for _ in range(messages):
+                for fd in recv_fds(per):
+                    close(fd)
+
+
+class Functional(Implementation):
+    name = "fdpass.send / fdpass.recv"
+
+    def supports(self, w: Workload) -> bool:
+        return w.per_message == 1
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        s, send, read = sock.fileno(), fdpass.send, os.read
+        for _ in range(messages):
+            if not send(s, fd):
+                raise OSError(fdpass.get_errno(), "fdpass.send failed")
+            if w.reply:
+                read(s, 1)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        s, recv, close, write = sock.fileno(), fdpass.recv, os.close, os.write
+        if w.convert:
+            make = open_binary if w.convert == "file" else socket_of
+            for _ in range(messages):
+                make(checked(recv(s))).close()
+            return
+        for _ in range(messages):
+            close(checked(recv(s)))
+            if w.reply:
+                write(s, b"k")
+
+
+def checked(fd: int) -> int:
+    if fd < 0:
+        raise OSError(fdpass.get_errno(), "fdpass.recv failed")
+    return fd
+
+
+def open_binary(fd: int) -> Any:
+    return open(fd, "rb")
+
+
+def socket_of(fd: int) -> socket.socket:
+    return socket.socket(fileno=fd)
+
+
+class Stdlib(Implementation):
+    name = "socket.send_fds / recv_fds"
+
+    def supports(self, w: Workload) -> bool:
+        return True
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        send_fds, read, s = socket.send_fds, os.read, sock.fileno()
+        data, fds = [b"\0"], [fd] * w.per_message
+        for _ in range(messages):
+            send_fds(sock, data, fds)
+            if w.reply:
+                read(s, 1)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        recv_fds, close, write, s = socket.recv_fds, os.close, os.write, sock.fileno()
+        per = w.per_message
+        make = {"file": open_binary, "socket": socket_of}.get(w.convert)
+        for _ in range(messages):
+            fds = recv_fds(sock, 1, per)[1]
+            if make is not None:
+                make(fds[0]).close()
+                continue
+            for fd in fds:
+                close(fd)
+            if w.reply:
+                write(s, b"k")
+
+
+class Raw(Implementation):
+    name = "socket.sendmsg / recvmsg (raw)"
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        sendmsg, read, s = sock.sendmsg, os.read, sock.fileno()
+        data = [b"\0"]
+        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                      array.array("i", [fd] * w.per_message).tobytes())]
+        for _ in range(messages):
+            sendmsg(data, ancillary)
+            if w.reply:
+                read(s, 1)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        recvmsg, close, write, s = sock.recvmsg, os.close, os.write, sock.fileno()
+        space = socket.CMSG_SPACE(w.per_message * array.array("i").itemsize)
+        flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+        for _ in range(messages):
+            for fd in array.array("i", recvmsg(1, space, flags)[1][0][2]):
+                close(fd)
+            if w.reply:
+                write(s, b"k")
+
+
+class Multiprocessing(Implementation):
+    name = "multiprocessing.reduction"
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        sendfds, read, s = multiprocessing.reduction.sendfds, os.read, sock.fileno()
+        fds = [fd] * w.per_message
+        for _ in range(messages):
+            sendfds(sock, fds)
+            if w.reply:
+                read(s, 1)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        recvfds, close, write, s = multiprocessing.reduction.recvfds, os.close, os.write, sock.fileno()
+        per = w.per_message
+        for _ in range(messages):
+            for fd in recvfds(sock, per):
+                close(fd)
+            if w.reply:
+                write(s, b"k")
+
+
+PERL_WORKER = r"""
+use strict;
+use IO::FDPass;
+use POSIX ();
+my ($role, $sock, $ready, $signal, $passed, $messages, $reply, $convert) = @ARGV;
+my $byte;
+POSIX::write($ready, "r", 1) == 1 or die "ready: $!";
+if ($role eq "send") {
+    POSIX::read($signal, $byte, 1) == 1 or die "go: $!";
+    for (1 .. $messages) {
+        IO::FDPass::send($sock, $passed) or die "send: $!";
+        if ($reply) { POSIX::read($sock, $byte, 1) == 1 or die "read: $!" }
+    }
+} else {
+    for (1 .. $messages) {
+        my $fd = IO::FDPass::recv($sock);
+        $fd >= 0 or die "recv: $!";
+        if ($convert) { open my $fh, "<&=", $fd or die "open: $!"; close $fh }
+        else { POSIX::close($fd) }
+        if ($reply) { POSIX::write($sock, "k", 1) == 1 or die "write: $!" }
+    }
+    POSIX::write($signal, "d", 1) == 1 or die "done: $!";
+}
+"""
+
+
+class Perl(Implementation):
+    name = "Perl IO::FDPass"
+
+    def available(self) -> str:
+        perl = shutil.which("perl")
+        if perl is None:
+            return "no perl on PATH"
+        check = subprocess.run([perl, "-MIO::FDPass", "-e", "1"], capture_output=True)
+        return "" if check.returncode == 0 else "perl has no IO::FDPass"
+
+    def supports(self, w: Workload) -> bool:
+        return w.per_message == 1 and w.convert in ("", "file")
+
+    def work(self, role: str, w: Workload, messages: int, fds: dict[str, int]) -> None:
+        signal = fds["go"] if role == "send" else fds["done"]
+        passed = fds.get("passed", -1)
+        for fd in (fds["sock"], fds["ready"], signal, passed):
+            if fd >= 0:
+                os.set_inheritable(fd, True)
+        os.execvp("perl", ["perl", "-e", PERL_WORKER, *(str(v) for v in (
+            role, fds["sock"], fds["ready"], signal, passed, messages,
+            int(w.reply), int(bool(w.convert))))])
+
+
+IMPLEMENTATIONS: list[Implementation] = [
+    Floor(), Channel(), Functional(), Stdlib(), Raw(), Multiprocessing(), Perl(),
+]
+BASELINE = Stdlib.name
+FLOOR = Floor.name
+
+
+class BenchError(Exception):
+    """A worker failed or did not finish."""
+
+
+@contextmanager
+def passed_descriptor(w: Workload) -> Iterator[int]:
+    """What the sender passes: a file for convert-file, a socket for
+    convert-socket, else /dev/null."""
+    with ExitStack() as stack:
+        if w.convert == "socket":
+            a, b = socket.socketpair()
+            stack.enter_context(a)
+            stack.enter_context(b)
+            yield a.fileno()
+        elif w.convert == "file":
+            f = stack.enter_context(tempfile.TemporaryFile())
+            yield f.fileno()
+        else:
+            yield stack.enter_context(open(os.devnull, "rb")).fileno()
+
+
+@contextmanager
+def pinned(w: Workload) -> Iterator[None]:
+    """Workers inherit the CPU affinity they are started with."""
+    if not w.pinned:
+        yield
+        return
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(mask)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, mask)
+
+
+class Workers:
+    """The two worker processes of one measurement, watched so that one
+    that dies is noticed at once rather than at the deadline."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.pids: list[int] = []
+        self.statuses: dict[int, int] = {}
+
+    def poll(self, block: bool = False) -> None:
+        for pid in self.pids:
+            if pid not in self.statuses:
+                done, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+                if done:
+                    self.statuses[pid] = os.waitstatus_to_exitcode(status)
+
+    def check(self) -> None:
+        failed = {pid: s for pid, s in self.statuses.items() if s != 0}
+        if failed:
+            raise BenchError(f"{self.label}: worker failed (pid: exit status {failed})")
+
+    def expect_byte(self, fd: int) -> None:
+        """Wait for a worker's one-byte report on fd."""
+        deadline = time.monotonic() + WORKER_DEADLINE
+        while time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.1)[0]:
+                if os.read(fd, 1):
+                    return
+                break
+            self.poll()
+            self.check()
+        raise BenchError(f"{self.label}: no report from the workers within "
+                         f"{WORKER_DEADLINE:.0f} s")
+
+    def finish(self, kill: bool) -> None:
+        if kill:
+            for pid in self.pids:
+                if pid not in self.statuses:
+                    os.kill(pid, 9)
+        self.poll(block=True)
+
+
+def run_once(impl: Implementation, w: Workload, messages: int) -> float:
+    """Seconds from go to the receiver's last descriptor, in fresh workers."""
+    workers = Workers(f"{impl.name} / {w.name}")
+    with ExitStack() as stack:
+        def pipe() -> tuple[int, int]:
+            r, w_ = os.pipe()
+            stack.callback(os.close, r)
+            stack.callback(os.close, w_)
+            return r, w_
+
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stack.enter_context(a)
+        stack.enter_context(b)
+        ready_r, ready_w = pipe()
+        go_r, go_w = pipe()
+        done_r, done_w = pipe()
+        passed = stack.enter_context(passed_descriptor(w))
+        ok = False
+        try:
+            with pinned(w):
+                workers.pids.append(impl.start(
+                    "recv", w, messages, {"sock": b.fileno(), "ready": ready_w, "done": done_w}))
+                workers.pids.append(impl.start("send", w, messages, {
+                    "sock": a.fileno(), "ready": ready_w, "go": go_r, "passed": passed}))
+            for _ in workers.pids:
+                workers.expect_byte(ready_r)
+            start = time.perf_counter()
+            os.write(go_w, b"g")
+            workers.expect_byte(done_r)
+            elapsed = time.perf_counter() - start
+            ok = True
+        finally:
+            workers.finish(kill=not ok)
+    workers.check()
+    return elapsed
+
+
+@dataclass
+class Result:
+    workload: str
+    implementation: str
+    descriptors: int
+    samples: list[float]                  # seconds per repeat
+    us_per_fd: float = 0.0
+    fds_per_second: float = 0.0
+    vs_floor: float | None = None         # time / the C floor's time
+    speedup_vs_stdlib: float | None = None  # socket.send_fds' time / this time
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(w: Workload, impls: Sequence[Implementation], scale: float, repeats: int,
+            progress: TextIO) -> list[Result]:
+    descriptors = max(w.per_message, int(w.descriptors * scale) // w.per_message * w.per_message)
+    messages = descriptors // w.per_message
+    results = []
+    for impl in impls:
+        if not impl.supports(w):
+            continue
+        samples = [run_once(impl, w, messages) for _ in range(repeats)]
+        median = statistics.median(samples)
+        results.append(Result(w.name, impl.name, descriptors, samples,
+                              us_per_fd=median / descriptors * 1e6,
+                              fds_per_second=descriptors / median))
+        print(".", end="", file=progress, flush=True)
+    by_name = {r.implementation: r for r in results}
+    for r in results:
+        if FLOOR in by_name:
+            r.vs_floor = r.us_per_fd / by_name[FLOOR].us_per_fd
+        if BASELINE in by_name:
+            r.speedup_vs_stdlib = by_name[BASELINE].us_per_fd / r.us_per_fd
+    return results
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return {
+        "cpu": model or platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "system": f"{platform.system()} {platform.release()} {platform.machine()}",
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "fdpass": fdpass.__version__,
+    }
+
+
+#: (workload, implementation, measure, bound, reference): the issue's targets.
+TARGETS = [
+    ("stream", Channel.name, "vs_floor", 1.15, FLOOR),
+    ("stream", Channel.name, "speedup_vs_stdlib", 1.6, BASELINE),
+    ("batch", Channel.name, "vs_floor", 1.15, FLOOR),
+]
+
+
+def target_lines(results: Sequence[Result]) -> list[str]:
+    """Each target with the figure measured and whether it was met."""
+    found = {(r.workload, r.implementation): r for r in results}
+    lines = []
+    for workload, name, what, bound, _ in TARGETS:
+        r = found.get((workload, name))
+        value = getattr(r, what) if r else None
+        if value is None:
+            continue
+        if what == "vs_floor":
+            lines.append(f"{workload}: {name} at {value:.2f}x the C floor "
+                         f"(target <= {bound}x): {'met' if value <= bound else 'missed'}")
+        else:
+            lines.append(f"{workload}: {name} {value:.2f}x faster than socket.send_fds "
+                         f"(target >= {bound}x): {'met' if value >= bound else 'missed'}")
+    channel = found.get(("stream", Channel.name))
+    functional = found.get(("stream", Functional.name))
+    if channel and functional:
+        ratio = functional.us_per_fd / channel.us_per_fd
+        lines.append(f"stream: fdpass.send/recv at {ratio:.2f}x FDChannel "
+                     f"(target <= 1.1x): {'met' if ratio <= 1.1 else 'missed'}")
+    return lines
+
+
+def table(results: Sequence[Result], workloads: Sequence[Workload], repeats: int) -> str:
+    out = []
+    for w in workloads:
+        rows = [r for r in results if r.workload == w.name]
+        if not rows:
+            continue
+        out.append(f"{w.name}: {rows[0].descriptors:,} descriptors, {w.what}; "
+                   f"median of {repeats}")
+        out.append(f"  {'implementation':<32} {'us/fd':>8} {'fd/s':>11} {'vs floor':>9} "
+                   f"{'vs stdlib':>10}")
+        for r in rows:
+            floor = f"{r.vs_floor:.2f}x" if r.vs_floor is not None else "-"
+            stdlib = f"{r.speedup_vs_stdlib:.2f}x" if r.speedup_vs_stdlib is not None else "-"
+            out.append(f"  {r.implementation:<32} {r.us_per_fd:>8.3f} "
+                       f"{r.fds_per_second:>11,.0f} {floor:>9} {stdlib:>10}")
+        out.append("")
+    return "\n".join(out)
+
+
+def run(quick: bool = False, json_path: str | None = None, repeats: int = 5,
+        only: Sequence[str] = ()) -> int:
+    scale = 0.02 if quick else 1.0
+    workloads = [w for w in WORKLOADS if not only or w.name in only]
+    impls = [impl for impl in IMPLEMENTATIONS if not impl.available()]
+    missing = [f"{impl.name}: {impl.available()}" for impl in IMPLEMENTATIONS
+               if impl not in impls]
+    info = machine()
+    print(f"fdpass {info['fdpass']} bench on {info['cpu']} ({info['cpus']} CPUs), "
+          f"{info['system']}, {info['python']}")
+    print(f"{'quick smoke run' if quick else 'full run'}: "
+          f"{len(impls)} implementations x {len(workloads)} workloads x {repeats} repeats",
+          file=sys.stderr)
+    results: list[Result] = []
+    for w in workloads:
+        results += measure(w, impls, scale, repeats, sys.stderr)
+    print(file=sys.stderr)
+    print("us/fd and fd/s: median wall time per descriptor, sender start to receiver done;")
+    print("vs floor: time relative to the C loop (lower is better); "
+          "vs stdlib: speed-up over socket.send_fds/recv_fds\n")
+    print(table(results, workloads, repeats))
+    for line in missing:
+        print(f"not measured: {line}")
+    lines = target_lines(results)
+    if lines:
+        print("targets:")
+        for line in lines:
+            print(f"  {line}")
+    if json_path:
+        document = {"machine": info, "quick": quick, "repeats": repeats,
+                    "workloads": [asdict(w) for w in workloads],
+                    "results": [asdict(r) for r in results], "targets": lines}
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(document, f, indent=2)
+            f.write("\n")
+    return 0
