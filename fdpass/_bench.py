@@ -51,11 +51,13 @@ class Workload:
                     if self.pinned else "one descriptor, one byte back")
         if self.convert:
             return f"one descriptor per message, received as a {self.convert} object"
-        return f"{self.per_message} descriptor{'s' * (self.per_message > 1)} per message"
+        return (f"{self.per_message} descriptor{'s' * (self.per_message > 1)} per message"
+                + ("; both processes on one CPU" if self.pinned else ""))
 
 
 WORKLOADS = [
     Workload("stream", 100_000),
+    Workload("stream-pinned", 100_000, pinned=True),
     Workload("batch", 102_400, per_message=64),
     Workload("ping-pong", 20_000, reply=True),
     Workload("ping-pong-pinned", 20_000, reply=True, pinned=True),
@@ -467,16 +469,18 @@ def measure(w: Workload, impls: Sequence[Implementation], scale: float, repeats:
             progress: TextIO) -> list[Result]:
     descriptors = max(w.per_message, int(w.descriptors * scale) // w.per_message * w.per_message)
     messages = descriptors // w.per_message
+    runnable = [impl for impl in impls if impl.supports(w)]
+    samples: dict[str, list[float]] = {impl.name: [] for impl in runnable}
+    for _ in range(repeats):  # round-robin, so that drift in the machine's load hits every row
+        for impl in runnable:
+            samples[impl.name].append(run_once(impl, w, messages))
+        print(".", end="", file=progress, flush=True)
     results = []
-    for impl in impls:
-        if not impl.supports(w):
-            continue
-        samples = [run_once(impl, w, messages) for _ in range(repeats)]
-        median = statistics.median(samples)
-        results.append(Result(w.name, impl.name, descriptors, samples,
+    for impl in runnable:
+        median = statistics.median(samples[impl.name])
+        results.append(Result(w.name, impl.name, descriptors, samples[impl.name],
                               us_per_fd=median / descriptors * 1e6,
                               fds_per_second=descriptors / median))
-        print(".", end="", file=progress, flush=True)
     by_name = {r.implementation: r for r in results}
     for r in results:
         if FLOOR in by_name:

@@ -1,6 +1,7 @@
 """FDChannel: descriptor passing over one UNIX-domain socket, with the
 standard socket module's timeout rules."""
 
+cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
@@ -136,7 +137,8 @@ cdef class FDChannel:
         self._open_fd()
         if self._gettimeout is None:
             return self._timeout
-        return timeout_value(self._gettimeout())
+        value = self._gettimeout()
+        return -1.0 if value is None else timeout_value(value)
 
     cdef int _send(self, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
@@ -212,6 +214,7 @@ cdef class FDChannel:
     def setblocking(self, bint flag):
         self.settimeout(None if flag else 0.0)
 
+    @cython.binding(False)
     def send_fd(self, f):
         """Send one descriptor (an int or an object with fileno()) in one
         message of one 0x00 byte: IO::FDPass's wire format."""
@@ -219,6 +222,7 @@ cdef class FDChannel:
         cdef int fd = as_fd(f)
         self._send(timeout, &fd, 1, b"\0", 1)
 
+    @cython.binding(False)
     def send_fds(self, fs, data=b"\0"):
         """Send 1..MAX_FDS descriptors in one message whose payload is data."""
         cdef double timeout = self._call_timeout()
@@ -241,6 +245,7 @@ cdef class FDChannel:
         finally:
             PyBuffer_Release(&view)
 
+    @cython.binding(False)
     def recv_fd(self):
         """Receive one message and return its one descriptor, now the caller's."""
         cdef double timeout = self._call_timeout()

@@ -14,7 +14,7 @@ from posix.unistd cimport close
 from fdpass._posix cimport (
     AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
     FDPASS_CLOEXEC_METHOD, FDPASS_CRED_SPACE, FDPASS_SO_DOMAIN, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL,
-    FDPASS_RIGHTS_SPACE, FDPASS_WOULD_BLOCK, MSG_CTRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET,
+    FDPASS_HAVE_MSG_DONTWAIT, FDPASS_RIGHTS_SPACE, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET,
     SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt, msghdr, poll,
     pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
@@ -137,21 +137,33 @@ cdef double deadline_for(double timeout) noexcept nogil:
     return monotonic() + timeout if timeout > 0 else 0.0
 
 
+cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) noexcept nogil:
+    return sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                          double timeout, double deadline, int *err) except -2:
-    """sendmsg/recvmsg in the PEP 475 loop: the GIL released, EINTR retried
-    unless a signal handler raised, EAGAIN waited out with poll while the
-    timeout allows (until deadline when it is > 0).  -1 with err set on
-    failure (ETIMEDOUT for a timeout)."""
+    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
+    and keeps the GIL (it cannot wait, and releasing the GIL costs more than
+    the call); only a call that would block waits with the GIL released: a
+    blocking call when flags lack MSG_DONTWAIT (the descriptor's own
+    behaviour), else poll while the timeout allows (until deadline when it
+    is > 0).  EINTR is retried unless a signal handler raised.  -1 with err
+    set on failure (ETIMEDOUT for a timeout)."""
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
-        with nogil:
-            if writing:
-                n = sendmsg(sock, msg, flags)
-            else:
-                n = recvmsg(sock, msg, flags)
+        if FDPASS_HAVE_MSG_DONTWAIT:
+            n = raw_call(writing, sock, msg, flags | MSG_DONTWAIT)
             saved = errno
+            if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
+                with nogil:
+                    n = raw_call(writing, sock, msg, flags)
+                    saved = errno
+        else:
+            with nogil:
+                n = raw_call(writing, sock, msg, flags)
+                saved = errno
         if n >= 0:
             return n
         if saved == EINTR:

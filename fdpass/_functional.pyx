@@ -1,6 +1,7 @@
 """IO::FDPass's two functions for code ported from Perl: descriptor numbers
 in, a bool or a descriptor out, and errno kept per thread as Perl's $!."""
 
+cimport cython
 from cpython.long cimport PyLong_Check
 from libc.errno cimport EBADMSG, ECONNRESET
 from posix.unistd cimport close
@@ -8,7 +9,7 @@ from posix.unistd cimport close
 from fdpass._engine cimport (
     RECV_EMPTY, Received, check_unix_socket, recv_message_into, send_message, unix_socket_type,
 )
-from fdpass._posix cimport SOCK_DGRAM
+from fdpass._posix cimport FDPASS_WOULD_BLOCK, MSG_DONTWAIT, SOCK_DGRAM
 
 cdef extern from "fdpass_compat.h":
     """
@@ -29,6 +30,7 @@ cdef bint failed(int err) noexcept:
     return False
 
 
+@cython.binding(False)
 def send(socket_fd, fd_to_pass):
     """Send fd_to_pass over the UNIX socket socket_fd; False on failure,
     with get_errno() telling why.  A non-blocking socket may fail with EAGAIN."""
@@ -42,20 +44,27 @@ def send(socket_fd, fd_to_pass):
     return True
 
 
+@cython.binding(False)
 def recv(socket_fd):
     """Receive one descriptor from the UNIX socket socket_fd; -1 on failure,
     with get_errno() telling why (ECONNRESET at end of stream, EBADMSG for
     a message that carried no descriptor, or more than one)."""
     cdef int sock = fd_number(socket_fd, "socket_fd")
-    cdef int fd = -1, family = 0, err = 0
+    cdef int fd = -1, family = 0, err = 0, rc
     cdef char byte
     cdef Received r
-    if check_unix_socket(sock, &family, &err) < 0:
-        failed(err)
-        return -1
-    if recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, &r, &err) < 0:
-        failed(err)
-        return -1
+    # A descriptor arriving proves an AF_UNIX socket, so the family is only
+    # checked when none did, and before waiting (a TCP socket must not block).
+    rc = recv_message_into(sock, &byte, 1, &fd, 1, MSG_DONTWAIT, 0.0, &r, &err)
+    if rc < 0 or r.nfds == 0:
+        if check_unix_socket(sock, &family, &err) < 0:
+            failed(err)
+            return -1
+        if rc < 0 and FDPASS_WOULD_BLOCK(err):
+            rc = recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, &r, &err)
+        if rc < 0:
+            failed(err)
+            return -1
     if r.nfds == 0:
         # Nothing at all is the end of the stream, but on a datagram socket.
         failed(ECONNRESET if r.status == RECV_EMPTY

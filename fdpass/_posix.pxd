@@ -76,6 +76,7 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_CRED_SPACE
         FDPASS_CONTROL_MAX
         FDPASS_O_PATH
+        FDPASS_HAVE_MSG_DONTWAIT
 
     const char *FDPASS_CLOEXEC_METHOD
     size_t FDPASS_RIGHTS_SPACE(size_t nfds)

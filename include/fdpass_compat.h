@@ -40,8 +40,13 @@
 #  define FDPASS_SO_DOMAIN (-1)
 #endif
 
-#ifndef MSG_DONTWAIT
+/* A per-call non-blocking flag lets a call that cannot block keep the GIL;
+ * without one, every call releases it. */
+#ifdef MSG_DONTWAIT
+#  define FDPASS_HAVE_MSG_DONTWAIT 1
+#else
 #  define MSG_DONTWAIT 0
+#  define FDPASS_HAVE_MSG_DONTWAIT 0
 #endif
 
 /* Most descriptors in one message.  Linux's SCM_MAX_FD (253) lives in a

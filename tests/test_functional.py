@@ -81,6 +81,20 @@ def test_ip_sockets_are_refused_with_eafnosupport(family: int, kind: int) -> Non
         assert fdpass.get_errno() == errno.EAFNOSUPPORT
 
 
+@pytest.mark.parametrize("waiting", [b"", b"x"], ids=["empty", "data-waiting"])
+def test_connected_tcp_recv_is_refused_without_blocking(waiting: bytes) -> None:
+    """The family is checked lazily on receive: still EAFNOSUPPORT, at once,
+    whether a byte is waiting or the (blocking) socket would wait."""
+    with socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname()) as client:
+        conn, _ = server.accept()
+        with conn:
+            client.sendall(waiting)
+            time.sleep(0.05 if waiting else 0)
+            assert fdpass.recv(conn.fileno()) == -1
+            assert fdpass.get_errno() == errno.EAFNOSUPPORT
+
+
 def test_protocol_violations_give_ebadmsg(stream: tuple[socket.socket, socket.socket]) -> None:
     a, b = stream
     a.send(b"\0")
