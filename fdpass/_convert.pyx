@@ -64,7 +64,7 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
     cdef _HandOver opener = _HandOver()
     opener.fd = fd
     try:
-        f = open(f"<received descriptor {fd}>", file_mode(fd, mode), buffering,
+        f = open("<received descriptor>", file_mode(fd, mode), buffering,
                  encoding, errors, newline, opener=opener)
     except BaseException:
         if not opener.taken:
