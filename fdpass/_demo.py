@@ -21,22 +21,21 @@ def child(fd: int) -> int:
     """The child's side: receive each descriptor, use it, say what happened."""
     me = os.getpid()
     with FDChannel(fd) as ch:
-        file_fd = ch.recv_fd()
-        with open(file_fd, "r+b") as f:
+        with ch.recv_file() as f:  # mode from the descriptor: r+b
             first = f.read().decode()
             f.write(f"and the child (pid {me}) appended this line\n".encode())
-        report(f"got fd {file_fd}, a regular file; read {first.strip()!r}, appended a line")
+            report(f"got fd {f.name}, a regular file opened {f.mode!r}; "
+                   f"read {first.strip()!r}, appended a line")
 
-        pipe_fd = ch.recv_fd()
-        with open(pipe_fd, "wb") as w:
+        with ch.recv_file() as w:  # a pipe's write end: wb
             w.write(f"hello through the pipe from pid {me}\n".encode())
-        report(f"got fd {pipe_fd}, a pipe's write end; wrote a line into it")
+            report(f"got fd {w.name}, a pipe's write end opened {w.mode!r}; wrote a line into it")
 
-        sock_fd = ch.recv_fd()
-        with socket.socket(fileno=sock_fd) as s:
+        with ch.recv_socket() as s:
             s.sendall(f"hello over the socket from pid {me}".encode())
             reply = s.recv(100).decode()
-        report(f"got fd {sock_fd}, a socket; sent a greeting, the parent answered {reply!r}")
+            report(f"got fd {s.fileno()}, a socket ({s.family.name}, {s.type.name}); "
+                   f"sent a greeting, the parent answered {reply!r}")
 
         try:
             ch.recv_fd()
