@@ -16,14 +16,23 @@ from fdpass._posix cimport (
 )
 
 
-cdef int retry(Py_ssize_t rc) noexcept nogil:
-    """1 when a failed call should be made again (EINTR)."""
-    return rc < 0 and errno == EINTR
-
-
-cdef int failure(Py_ssize_t rc) noexcept nogil:
-    """The errno for a call that did not move its one byte."""
-    return errno if rc < 0 else ECONNRESET
+cdef int transfer(bint message, bint writing, int sock, msghdr *msg, int flags) noexcept nogil:
+    """One sendmsg/recvmsg of msg (message), or one write/read of a single
+    byte reply, retried on EINTR: 0, or an errno (ECONNRESET when the
+    call moved no byte: the peer has gone)."""
+    cdef char byte = 0
+    cdef Py_ssize_t rc
+    while True:
+        if message:
+            rc = sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
+        else:
+            rc = write(sock, &byte, 1) if writing else read(sock, &byte, 1)
+        if rc == 1:
+            return 0
+        if rc == 0:
+            return ECONNRESET
+        if errno != EINTR:
+            return errno
 
 
 cdef int send_loop(int sock, int fd, long messages, int per_message, bint await_reply) noexcept nogil:
@@ -35,8 +44,7 @@ cdef int send_loop(int sock, int fd, long messages, int per_message, bint await_
     cdef cmsghdr *cmsg
     cdef char byte = 0
     cdef long i
-    cdef int k
-    cdef Py_ssize_t rc
+    cdef int k, err = 0
     memset(&msg, 0, sizeof(msg))
     memset(control.buf, 0, CMSG_SPACE(per_message * sizeof(int)))
     iov.iov_base = &byte
@@ -52,18 +60,11 @@ cdef int send_loop(int sock, int fd, long messages, int per_message, bint await_
     for k in range(per_message):
         memcpy(CMSG_DATA(cmsg) + k * sizeof(int), &fd, sizeof(int))
     for i in range(messages):
-        rc = sendmsg(sock, &msg, FDPASS_MSG_NOSIGNAL)
-        while retry(rc):
-            rc = sendmsg(sock, &msg, FDPASS_MSG_NOSIGNAL)
-        if rc != 1:
-            return failure(rc)
-        if await_reply:
-            rc = read(sock, &byte, 1)
-            while retry(rc):
-                rc = read(sock, &byte, 1)
-            if rc != 1:
-                return failure(rc)
-            byte = 0
+        err = transfer(True, True, sock, &msg, FDPASS_MSG_NOSIGNAL)
+        if err == 0 and await_reply:
+            err = transfer(False, False, sock, NULL, 0)
+        if err:
+            return err
     return 0
 
 
@@ -76,9 +77,8 @@ cdef int recv_loop(int sock, long messages, int per_message, bint reply) noexcep
     cdef cmsghdr *cmsg
     cdef char byte
     cdef long i
-    cdef int fd
+    cdef int fd, err = 0
     cdef size_t k, count
-    cdef Py_ssize_t rc
     memset(&msg, 0, sizeof(msg))
     iov.iov_base = &byte
     iov.iov_len = 1
@@ -87,11 +87,9 @@ cdef int recv_loop(int sock, long messages, int per_message, bint reply) noexcep
     for i in range(messages):
         msg.msg_control = control.buf
         msg.msg_controllen = CMSG_SPACE(per_message * sizeof(int))
-        rc = recvmsg(sock, &msg, FDPASS_MSG_CMSG_CLOEXEC)
-        while retry(rc):
-            rc = recvmsg(sock, &msg, FDPASS_MSG_CMSG_CLOEXEC)
-        if rc != 1:
-            return failure(rc)
+        err = transfer(True, False, sock, &msg, FDPASS_MSG_CMSG_CLOEXEC)
+        if err:
+            return err
         cmsg = CMSG_FIRSTHDR(&msg)
         if cmsg != NULL and cmsg.cmsg_type == SCM_RIGHTS:
             count = (cmsg.cmsg_len - CMSG_LEN(0)) // sizeof(int)
@@ -99,11 +97,9 @@ cdef int recv_loop(int sock, long messages, int per_message, bint reply) noexcep
                 memcpy(&fd, CMSG_DATA(cmsg) + k * sizeof(int), sizeof(int))
                 close(fd)
         if reply:
-            rc = write(sock, &byte, 1)
-            while retry(rc):
-                rc = write(sock, &byte, 1)
-            if rc != 1:
-                return failure(rc)
+            err = transfer(False, True, sock, NULL, 0)
+            if err:
+                return err
     return 0
 
 
