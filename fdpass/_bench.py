@@ -524,11 +524,11 @@ class Target:
         if self.speedup:
             ratio = theirs.us_per_fd / mine.us_per_fd
             met = ratio >= self.bound
-            words = f"{ratio:.2f}x faster than {self.reference} (target >= {self.bound}x)"
+            words = f"{ratio:.3f}x faster than {self.reference} (target >= {self.bound}x)"
         else:
             ratio = mine.us_per_fd / theirs.us_per_fd
             met = ratio <= self.bound
-            words = f"at {ratio:.2f}x {self.reference} (target <= {self.bound}x)"
+            words = f"at {ratio:.3f}x {self.reference} (target <= {self.bound}x)"
         return f"{self.workload}: {self.name} {words}: {'met' if met else 'missed'}"
 
 
