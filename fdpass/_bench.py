@@ -10,6 +10,7 @@ the go signal to the sender until the receiver reports that it has taken
 from __future__ import annotations
 
 import array
+import io
 import json
 import multiprocessing.reduction
 import os
@@ -23,9 +24,9 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import fdpass
@@ -47,12 +48,12 @@ class Workload:
     @property
     def what(self) -> str:
         if self.reply:
-            return ("one descriptor, one byte back; both processes on one CPU"
-                    if self.pinned else "one descriptor, one byte back")
-        if self.convert:
-            return f"one descriptor per message, received as a {self.convert} object"
-        return (f"{self.per_message} descriptor{'s' * (self.per_message > 1)} per message"
-                + ("; both processes on one CPU" if self.pinned else ""))
+            kind = "one descriptor, one byte back"
+        elif self.convert:
+            kind = f"one descriptor per message, received as a {self.convert} object"
+        else:
+            kind = f"{self.per_message} descriptor{'s' * (self.per_message > 1)} per message"
+        return kind + ("; both processes on one CPU" if self.pinned else "")
 
 
 WORKLOADS = [
@@ -183,7 +184,7 @@ class Functional(Implementation):
     def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
         s, recv, close, write = sock.fileno(), fdpass.recv, os.close, os.write
         if w.convert:
-            make = open_binary if w.convert == "file" else socket_of
+            make = PLAIN_CONVERSION[w.convert]
             for _ in range(messages):
                 make(checked(recv(s))).close()
             return
@@ -199,12 +200,17 @@ def checked(fd: int) -> int:
     return fd
 
 
-def open_binary(fd: int) -> Any:
+def open_binary(fd: int) -> io.BufferedReader:
     return open(fd, "rb")
 
 
 def socket_of(fd: int) -> socket.socket:
     return socket.socket(fileno=fd)
+
+
+#: What a receiver without fdpass's converters does with a received number.
+PLAIN_CONVERSION: dict[str, Callable[[int], io.BufferedReader | socket.socket]] = {
+    "file": open_binary, "socket": socket_of}
 
 
 class Stdlib(Implementation):
@@ -224,7 +230,7 @@ class Stdlib(Implementation):
     def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
         recv_fds, close, write, s = socket.recv_fds, os.close, os.write, sock.fileno()
         per = w.per_message
-        make = {"file": open_binary, "socket": socket_of}.get(w.convert)
+        make = PLAIN_CONVERSION.get(w.convert)
         for _ in range(messages):
             fds = recv_fds(sock, 1, per)[1]
             if make is not None:
@@ -462,7 +468,6 @@ class Result:
     fds_per_second: float = 0.0
     vs_floor: float | None = None         # time / the C floor's time
     speedup_vs_stdlib: float | None = None  # socket.send_fds' time / this time
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def measure(w: Workload, impls: Sequence[Implementation], scale: float, repeats: int,
@@ -571,9 +576,9 @@ def run(quick: bool = False, json_path: str | None = None, repeats: int = 5,
         only: Sequence[str] = ()) -> int:
     scale = 0.02 if quick else 1.0
     workloads = [w for w in WORKLOADS if not only or w.name in only]
-    impls = [impl for impl in IMPLEMENTATIONS if not impl.available()]
-    missing = [f"{impl.name}: {impl.available()}" for impl in IMPLEMENTATIONS
-               if impl not in impls]
+    why_not = {impl.name: impl.available() for impl in IMPLEMENTATIONS}
+    impls = [impl for impl in IMPLEMENTATIONS if not why_not[impl.name]]
+    missing = [f"{name}: {why}" for name, why in why_not.items() if why]
     info = machine()
     print(f"fdpass {info['fdpass']} bench on {info['cpu']} ({info['cpus']} CPUs), "
           f"{info['system']}, {info['python']}")

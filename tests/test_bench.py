@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,28 @@ def test_one_workload_only(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     document = json.loads(path.read_text())
     assert {r["workload"] for r in document["results"]} == {"batch"}
+
+
+class Broken(_bench.Implementation):
+    """A receiver that fails at once, leaving the sender blocked."""
+
+    name = "broken"
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: _bench.Workload) -> None:
+        for _ in range(messages):
+            sock.sendall(b"x" * 65536)
+
+    def recv(self, sock: socket.socket, messages: int, w: _bench.Workload) -> None:
+        raise RuntimeError("this receiver is broken on purpose")
+
+
+def test_a_failing_worker_is_reported_not_waited_for(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The harness notices a dead worker within moments, kills the other
+    one, reaps both and closes everything it opened (the leak fixture)."""
+    started = time.monotonic()
+    with pytest.raises(_bench.BenchError, match=r"broken / stream: worker failed"):
+        _bench.run_once(Broken(), _bench.WORKLOADS[0], 1000)
+    assert time.monotonic() - started < 30
+    assert "this receiver is broken on purpose" in capfd.readouterr().err
