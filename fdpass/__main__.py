@@ -7,7 +7,7 @@ import platform
 import sys
 
 import fdpass
-from fdpass import _bench, _channel
+from fdpass import _channel
 from fdpass._demo import DemoFailed, parent
 
 
@@ -42,11 +42,18 @@ def main(argv: list[str] | None = None) -> int:
                        help="also write the figures as JSON to PATH")
     bench.add_argument("--repeats", type=int, default=5, metavar="N",
                        help="repeats per measurement; the median is reported (default 5)")
-    bench.add_argument("--workload", action="append", default=[],
-                       choices=[w.name for w in _bench.WORKLOADS],
-                       help="run only this workload (may be repeated)")
+    bench.add_argument("--workload", action="append", default=[], metavar="NAME",
+                       help="run only this workload (may be repeated): stream, "
+                            "stream-pinned, batch, ping-pong, ping-pong-pinned, "
+                            "convert-file or convert-socket")
     args = parser.parse_args(argv)
     if args.command == "bench":
+        from fdpass import _bench  # its imports would slow every other command
+
+        names = [w.name for w in _bench.WORKLOADS]
+        unknown = [name for name in args.workload if name not in names]
+        if unknown:
+            parser.error(f"unknown workload {unknown[0]!r}: choose from {', '.join(names)}")
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
         return _bench.run(args.quick, args.json, args.repeats, args.workload)

@@ -78,10 +78,18 @@ def test_table_rows_match_the_json(quick_run: tuple[str, dict[str, Any]]) -> Non
 
 def test_bad_arguments() -> None:
     for args, words in ((["--repeats", "0"], "--repeats must be at least 1"),
-                        (["--workload", "nope"], "invalid choice")):
+                        (["--workload", "nope"], "unknown workload 'nope': choose from "
+                         + ", ".join(w.name for w in _bench.WORKLOADS))):
         done = run_python("-m", "fdpass", "bench", *args)
         assert done.returncode == 2
         assert words in done.stderr
+
+
+def test_help_names_every_workload() -> None:
+    done = run_python("-m", "fdpass", "bench", "--help")
+    assert done.returncode == 0
+    help_text = re.sub(r"-\s+", "-", " ".join(done.stdout.split()))  # argparse wraps at hyphens
+    assert all(w.name in help_text for w in _bench.WORKLOADS)
 
 
 def test_one_workload_only(tmp_path: Path) -> None:
