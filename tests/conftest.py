@@ -70,7 +70,6 @@ def pipe() -> Iterator[tuple[int, int]]:
         os.close(w)
 
 
-
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List each interop test (against a real Perl or standard-library peer)
     with its outcome, so that a CI log shows they ran and were not skipped."""
