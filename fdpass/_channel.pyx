@@ -143,9 +143,10 @@ cdef class FDChannel:
     cdef int _send(self, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
         cdef int err = 0
+        cdef size_t sent = 0
         if send_message(self._fd, fds, nfds, data, length,
-                        MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err) < 0:
-            raise_send_error(err, self._fd, fds, nfds)
+                        MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err, &sent) < 0:
+            raise_send_error(err, self._fd, fds, nfds, sent)
         return 0
 
     cdef int _recv(self, double timeout, void *buf, size_t buflen, int *fds,

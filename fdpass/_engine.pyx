@@ -29,14 +29,18 @@ cdef double monotonic() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef int raise_os_error(int err, str context) except -1:
+cdef int raise_os_error(int err, str context, Py_ssize_t written=-1) except -1:
     """The one place an errno becomes an exception: OSError picks the
-    subclass (BlockingIOError, BrokenPipeError, TimeoutError, ...)."""
+    subclass (BlockingIOError, BrokenPipeError, TimeoutError, ...).  A
+    would-block error of a send carries the bytes already sent (written
+    >= 0) as BlockingIOError.characters_written, as io's writes do."""
     if err == ETIMEDOUT:
         raise OSError(err, "timed out")
     message = strerror(err).decode("utf-8", "replace")
     if context:
         message = f"{message}: {context}"
+    if written >= 0 and FDPASS_WOULD_BLOCK(err):
+        raise OSError(err, message, written)
     raise OSError(err, message)
 
 
@@ -182,15 +186,16 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
 
 
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, int *err) except -2:
+                      size_t length, int flags, double timeout, int *err,
+                      size_t *sent) except -2:
     """Send data with fds attached to its first byte, and the rest of it
-    within the same deadline; 0, or -1 with err."""
+    within the same deadline; 0, or -1 with err and sent set to the bytes
+    that did go (the descriptors with them, when sent > 0)."""
     cdef fdpass_control_t control
     cdef msghdr msg
     cdef iovec iov
     cdef cmsghdr *cmsg
     cdef Py_ssize_t n
-    cdef size_t sent = 0
     cdef size_t fdbytes = nfds * sizeof(int)
     cdef double deadline = deadline_for(timeout)
     memset(&msg, 0, sizeof(msg))
@@ -207,17 +212,18 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     cmsg.cmsg_len = CMSG_LEN(fdbytes)
     memcpy(CMSG_DATA(cmsg), fds, fdbytes)
     flags |= FDPASS_MSG_NOSIGNAL
+    sent[0] = 0
     while True:
         n = msg_call(True, sock, &msg, flags, timeout, deadline, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
         # went with the first byte, the rest follows without them.
-        sent += n
-        if sent >= length:
+        sent[0] += n
+        if sent[0] >= length:
             return 0
-        iov.iov_base = <void *>(data + sent)
-        iov.iov_len = length - sent
+        iov.iov_base = <void *>(data + sent[0])
+        iov.iov_len = length - sent[0]
         msg.msg_control = NULL
         msg.msg_controllen = 0
 
@@ -305,7 +311,8 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     return 0
 
 
-cdef int raise_send_error(int err, int sock, const int *fds, int nfds) except -1:
+cdef int raise_send_error(int err, int sock, const int *fds, int nfds,
+                          size_t sent) except -1:
     """Name the descriptor behind an EBADF: the kernel does not say which."""
     cdef int i
     if err == EBADF:
@@ -313,7 +320,7 @@ cdef int raise_send_error(int err, int sock, const int *fds, int nfds) except -1
             if fcntl(fds[i], F_GETFD) < 0:
                 raise_os_error(err, f"descriptor {fds[i]} is not open")
         raise_os_error(err, f"socket descriptor {sock} is not open")
-    raise_os_error(err, None)
+    raise_os_error(err, None, sent)
 
 
 cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except -1:

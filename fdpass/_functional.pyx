@@ -37,9 +37,10 @@ def send(socket_fd, fd_to_pass):
     cdef int sock = fd_number(socket_fd, "socket_fd")
     cdef int fd = fd_number(fd_to_pass, "fd_to_pass")
     cdef int family = 0, err = 0
+    cdef size_t sent
     if check_unix_socket(sock, &family, &err) < 0:
         return failed(err)
-    if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, &err) < 0:
+    if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, &err, &sent) < 0:
         return failed(err)
     return True
 

@@ -85,6 +85,33 @@ def test_send_timeout_on_a_full_socket(stream: tuple[socket.socket, socket.socke
                 tx.send_fds([0], data=b"x" * 1024)
 
 
+def test_a_partly_sent_payload_reports_how_much_went(
+        stream: tuple[socket.socket, socket.socket]) -> None:
+    a, b = stream
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytes(range(256)) * 1024
+    with FDChannel(a, closefd=False) as tx, FDChannel(b, closefd=False) as rx:
+        tx.settimeout(0)
+        with pytest.raises(BlockingIOError) as info:
+            tx.send_fds([0], payload)
+        written = info.value.characters_written
+        assert 0 < written < len(payload)
+        data, fds = rx.recv_message(len(payload))
+        assert payload.startswith(data) and len(fds) == 1
+        os.close(fds[0])
+        with pytest.raises(BlockingIOError) as info:  # nothing went: 0 written
+            for _ in range(100000):
+                tx.send_fd(0)
+        assert info.value.characters_written == 0
+        b.setblocking(False)
+        while True:  # the rest of the payload, then whole one-byte messages
+            try:
+                data += b.recv(len(payload))
+            except BlockingIOError:
+                break
+        assert data[:written] == payload[:written]
+
+
 @pytest.fixture
 def alarm() -> Iterator[Callable[[Callable[[int, FrameType | None], object]], None]]:
     """Install a SIGALRM handler firing every 50 ms; restored afterwards."""
