@@ -1,0 +1,397 @@
+"""asyncio descriptor passing.  AsyncFDChannel makes the compiled engine's
+non-blocking calls and, when one would block, waits on the event loop's
+reader or writer callback: no thread, no executor, and a call that waits
+has taken nothing from the socket, so cancelling it loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+from fdpass._channel import MAX_FDS, FDChannel
+from fdpass._credentials import Credentials
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from _typeshed import ReadableBuffer, StrPath
+
+    from fdpass._channel import _FileDescriptorLike
+
+__all__ = ["AsyncFDChannel", "Server", "open_channel", "start_server"]
+
+_T = TypeVar("_T")
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
+#: Seconds before accepting again after the process ran out of something
+#: (descriptors, memory), as asyncio's servers wait.
+ACCEPT_RETRY_DELAY = 1.0
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Turns:
+    """The tasks waiting to use one direction (reading or writing) of one
+    socket, first come first served.  Only the head calls the socket and
+    watches it on the loop, so no message is interleaved with another; a
+    task that leaves, done or failed or cancelled, hands on the turn."""
+
+    __slots__ = ("_writing", "_queue", "_watch")
+
+    def __init__(self, writing: bool) -> None:
+        self._writing = writing
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._watch: tuple[asyncio.AbstractEventLoop, int, asyncio.Future[None]] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._queue)
+
+    async def join(self) -> asyncio.Future[None]:
+        """Queue up and return once first in line; leave() must follow."""
+        turn = asyncio.get_running_loop().create_future()
+        self._queue.append(turn)
+        if len(self._queue) > 1:
+            try:
+                await turn
+            except BaseException:
+                self.leave(turn)
+                raise
+        return turn
+
+    def leave(self, turn: asyncio.Future[None]) -> None:
+        first = self._queue[0] is turn
+        self._queue.remove(turn)
+        if first and self._queue:
+            _wake(self._queue[0])
+
+    async def ready(self, fd: int) -> None:
+        """Wait until fd is readable (writable): one loop callback."""
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if self._writing:
+            loop.add_writer(fd, _wake, waiter)
+        else:
+            loop.add_reader(fd, _wake, waiter)
+        self._watch = (loop, fd, waiter)
+        try:
+            await waiter
+        finally:
+            if self._watch is not None and self._watch[2] is waiter:
+                self.unwatch()
+
+    def unwatch(self) -> None:
+        """Stop watching the socket and wake its watcher: done before the
+        socket closes, so that the loop never watches a reused number."""
+        if self._watch is None:
+            return
+        loop, fd, waiter = self._watch
+        self._watch = None
+        if self._writing:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+        _wake(waiter)
+
+
+class AsyncFDChannel:
+    """FDChannel for asyncio: the same calls, awaited.
+
+    sock is a connected AF_UNIX socket.socket (SOCK_STREAM, SOCK_SEQPACKET
+    or SOCK_DGRAM); the channel puts it in non-blocking mode, as asyncio's
+    own socket calls require, and close() closes it."""
+
+    __slots__ = ("_sock", "_channel", "_reading", "_writing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"AsyncFDChannel needs a socket.socket, not {type(sock).__name__}")
+        self._channel = FDChannel(sock)
+        sock.setblocking(False)
+        self._sock = sock
+        self._reading = _Turns(writing=False)
+        self._writing = _Turns(writing=True)
+
+    @classmethod
+    def pair(cls, type: int = socket.SOCK_STREAM) -> tuple[AsyncFDChannel, AsyncFDChannel]:
+        """Two connected channels over a new socketpair."""
+        a, b = socket.socketpair(socket.AF_UNIX, type)
+        try:
+            return cls(a), cls(b)
+        except BaseException:
+            a.close()
+            b.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._channel.closed
+
+    @property
+    def type(self) -> socket.SocketKind:
+        return self._channel.type
+
+    def fileno(self) -> int:
+        return self._channel.fileno()
+
+    def close(self) -> None:
+        """Close the channel and its socket.  Tasks waiting on it wake and
+        raise ValueError, as calls on a closed channel do."""
+        self._reading.unwatch()
+        self._writing.unwatch()
+        self._channel.close()
+
+    async def __aenter__(self) -> AsyncFDChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<fdpass.aio.AsyncFDChannel [closed]>"
+        return f"<fdpass.aio.AsyncFDChannel fd={self.fileno()} type={self.type.name}>"
+
+    def peer_credentials(self) -> Credentials:
+        """The connected peer's Credentials(pid, uid, gid) (SO_PEERCRED)."""
+        return self._channel.peer_credentials()
+
+    async def send_fd(self, f: _FileDescriptorLike) -> None:
+        """Send one descriptor in one message of one 0x00 byte."""
+        await self._send(self._channel.send_fd, (f,), b"\0")
+
+    async def send_fds(self, fs: Iterable[_FileDescriptorLike],
+                       data: ReadableBuffer = b"\0") -> None:
+        """Send 1..MAX_FDS descriptors in one message whose payload is data,
+        whole: a payload the socket takes in parts goes out before any
+        other message does."""
+        fds = tuple(fs)
+        await self._send(self._channel.send_fds, (fds, data), data)
+
+    async def recv_fd(self) -> int:
+        """Receive one message and return its one descriptor, now the caller's."""
+        return await self._receive(self._channel.recv_fd)
+
+    async def recv_fds(self, maxfds: int = MAX_FDS) -> list[int]:
+        """Receive one message and return its descriptors (at least one)."""
+        return await self._receive(self._channel.recv_fds, maxfds)
+
+    async def recv_message(self, bufsize: int, maxfds: int = MAX_FDS) -> tuple[bytes, list[int]]:
+        """Receive one message: (payload of at most bufsize bytes, descriptors)."""
+        return await self._receive(self._channel.recv_message, bufsize, maxfds)
+
+    async def recv_file(self, mode: str | None = None, buffering: int = -1,
+                        encoding: str | None = None, errors: str | None = None,
+                        newline: str | None = None) -> IO[Any]:
+        """Receive one descriptor as a file object that owns it; mode None
+        follows the descriptor's access flags, as FDChannel.recv_file."""
+        file: IO[Any] = await self._receive(
+            self._channel.recv_file, mode, buffering, encoding, errors, newline)
+        return file
+
+    async def recv_socket(self) -> socket.socket:
+        """Receive one descriptor as a socket.socket of its own family and type."""
+        return await self._receive(self._channel.recv_socket)
+
+    async def _receive(self, attempt: Callable[..., _T], *args: Any) -> _T:
+        """attempt(*args) until it does not block.  Each attempt is one
+        non-blocking recvmsg: a task that waits has taken nothing."""
+        turns = self._reading
+        tried = not turns.busy
+        if tried:
+            try:
+                return attempt(*args)
+            except BlockingIOError:
+                pass
+        turn = await turns.join()
+        try:
+            while True:
+                if not tried:
+                    try:
+                        return attempt(*args)
+                    except BlockingIOError:
+                        pass
+                await turns.ready(self._channel.fileno())
+                tried = False
+        finally:
+            turns.leave(turn)
+
+    async def _send(self, attempt: Callable[..., None], args: tuple[Any, ...],
+                    data: ReadableBuffer) -> None:
+        turns = self._writing
+        written: int | None = None  # of data, by the last attempt; None: none since a wait
+        if not turns.busy:
+            try:
+                return attempt(*args)
+            except BlockingIOError as error:
+                written = error.characters_written
+        turn = await turns.join()
+        try:
+            while not written:
+                if written == 0:
+                    await turns.ready(self._channel.fileno())
+                try:
+                    return attempt(*args)
+                except BlockingIOError as error:
+                    written = error.characters_written
+            await self._send_rest(memoryview(data).cast("B"), written)
+        finally:
+            turns.leave(turn)
+
+    async def _send_rest(self, view: memoryview, written: int) -> None:
+        """The rest of a stream message whose descriptors went with its
+        first bytes.  Cut short (cancelled, or the socket failed), the
+        stream is out of step: the channel closes."""
+        try:
+            while written < len(view):
+                try:
+                    written += self._sock.send(view[written:], _NOSIGNAL)
+                except BlockingIOError:
+                    await self._writing.ready(self._channel.fileno())
+        except BaseException:
+            self.close()
+            raise
+
+
+async def open_channel(path: StrPath) -> AsyncFDChannel:
+    """A channel connected to the AF_UNIX SOCK_STREAM socket listening at
+    path, as asyncio.open_unix_connection connects."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
+        return AsyncFDChannel(sock)
+    except BaseException:
+        sock.close()
+        raise
+
+
+Handler = Callable[[AsyncFDChannel], Awaitable[object]]
+
+
+class Server:
+    """Accepts connections on a UNIX-domain socket and runs handler(channel)
+    for each in a task of its own, as asyncio.start_unix_server does for
+    streams; the channel closes when the handler returns."""
+
+    def __init__(self, sock: socket.socket, handler: Handler) -> None:
+        self._sock: socket.socket | None = sock
+        self._handler = handler
+        self._inode = _socket_inode(sock.getsockname())
+        self._turns = _Turns(writing=False)
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return () if self._sock is None else (self._sock,)
+
+    def is_serving(self) -> bool:
+        return self._sock is not None
+
+    def close(self) -> None:
+        """Stop accepting and remove the socket's path (if it is still this
+        server's).  Connections being handled go on: see wait_closed()."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        path = sock.getsockname()
+        self._turns.unwatch()
+        self._accepting.cancel()
+        sock.close()
+        if self._inode is not None and _socket_inode(path) == self._inode:
+            os.unlink(path)
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and every handler has returned."""
+        await asyncio.wait([self._accepting])
+        while self._handlers:
+            await asyncio.wait(set(self._handlers))
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled, then close."""
+        try:
+            await asyncio.shield(self._accepting)
+        finally:
+            self.close()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                await self._turns.ready(sock.fileno())
+                continue
+            except ConnectionAbortedError:
+                continue
+            except OSError as error:  # EMFILE and the like: report, pause, go on
+                loop.call_exception_handler({
+                    "message": f"fdpass.aio server: accept failed; retrying in "
+                               f"{ACCEPT_RETRY_DELAY} s",
+                    "exception": error, "socket": sock})
+                await asyncio.sleep(ACCEPT_RETRY_DELAY)
+                continue
+            try:
+                channel = AsyncFDChannel(conn)
+            except BaseException:
+                conn.close()
+                raise
+            task = loop.create_task(self._serve(channel))
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
+
+    async def _serve(self, channel: AsyncFDChannel) -> None:
+        try:
+            await self._handler(channel)
+        except Exception as error:
+            asyncio.get_running_loop().call_exception_handler({
+                "message": "fdpass.aio server: the handler failed",
+                "exception": error, "channel": channel})
+        finally:
+            channel.close()
+
+
+def _socket_inode(path: str | bytes) -> int | None:
+    """The inode of the socket file at path; None for an abstract name
+    (Linux), a missing file, or one that is no socket."""
+    if not path or path[0] in ("\0", 0):
+        return None
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
+
+
+async def start_server(handler: Handler, path: StrPath, *, backlog: int = 100) -> Server:
+    """Listen on path and serve each connection with handler(channel).  A
+    stale socket file at path is removed first, as asyncio does."""
+    address = os.fspath(path)
+    if _socket_inode(address) is not None:
+        os.unlink(address)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.bind(address)
+        sock.listen(backlog)
+        return Server(sock, handler)
+    except BaseException:
+        sock.close()
+        raise
