@@ -10,6 +10,8 @@ the go signal to the sender until the receiver reports that it has taken
 from __future__ import annotations
 
 import array
+import asyncio
+import importlib.util
 import io
 import json
 import multiprocessing.reduction
@@ -24,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, TextIO
@@ -287,6 +289,105 @@ class Multiprocessing(Implementation):
                 write(s, b"k")
 
 
+class AsyncChannel(Implementation):
+    """fdpass.aio, each worker running an event loop of its own."""
+
+    name = "AsyncFDChannel (asyncio)"
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.new_event_loop()
+
+    def run(self, main: Coroutine[Any, Any, None]) -> None:
+        loop = self.new_loop()
+        try:
+            loop.run_until_complete(main)
+        finally:
+            loop.close()
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        self.run(self.sender(sock, fd, messages, w))
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        self.run(self.receiver(sock, messages, w))
+
+    async def sender(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        from fdpass.aio import AsyncFDChannel
+
+        async with AsyncFDChannel(sock) as ch:
+            if w.per_message > 1:
+                fds = [fd] * w.per_message
+                for _ in range(messages):
+                    await ch.send_fds(fds)
+                return
+            for _ in range(messages):
+                await ch.send_fd(fd)
+                if w.reply:
+                    await ch.recv_message(1)
+
+    async def receiver(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        from fdpass.aio import AsyncFDChannel
+
+        close, per = os.close, w.per_message
+        async with AsyncFDChannel(sock) as ch:
+            if per > 1:
+                for _ in range(messages):
+                    for fd in await ch.recv_fds(per):
+                        close(fd)
+                return
+            for _ in range(messages):
+                close(await ch.recv_fd())
+                if w.reply:
+                    sock.send(b"k")  # one byte into an empty buffer: never blocks
+
+
+class AsyncChannelUvloop(AsyncChannel):
+    name = "AsyncFDChannel (uvloop)"
+
+    def available(self) -> str:
+        return "" if importlib.util.find_spec("uvloop") else "uvloop is not installed"
+
+    def new_loop(self) -> asyncio.AbstractEventLoop:
+        import uvloop
+
+        return uvloop.new_event_loop()
+
+
+class Anyio(AsyncChannel):
+    """anyio's UNIX socket stream on the asyncio backend."""
+
+    name = "anyio send_fds/receive_fds"
+
+    def available(self) -> str:
+        if not importlib.util.find_spec("anyio"):
+            return "anyio is not installed"
+        import anyio.abc
+
+        if not hasattr(anyio.abc.UNIXSocketStream, "from_socket"):
+            return "anyio is older than 4.7 (no UNIXSocketStream.from_socket)"
+        return ""
+
+    async def sender(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        import anyio.abc
+
+        async with await anyio.abc.UNIXSocketStream.from_socket(sock) as stream:
+            fds = [fd] * w.per_message
+            for _ in range(messages):
+                await stream.send_fds(b"\0", fds)
+                if w.reply:
+                    await stream.receive(1)
+
+    async def receiver(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        import anyio.abc
+
+        close, per = os.close, w.per_message
+        async with await anyio.abc.UNIXSocketStream.from_socket(sock) as stream:
+            for _ in range(messages):
+                for fd in (await stream.receive_fds(1, per))[1]:
+                    close(fd)
+                if w.reply:
+                    await stream.send(b"k")
+
+
 PERL_WORKER = r"""
 use strict;
 use IO::FDPass;
@@ -339,6 +440,7 @@ class Perl(Implementation):
 
 IMPLEMENTATIONS: list[Implementation] = [
     Floor(), Channel(), Functional(), Stdlib(), Raw(), Multiprocessing(), Perl(),
+    AsyncChannel(), AsyncChannelUvloop(), Anyio(),
 ]
 BASELINE = Stdlib.name
 FLOOR = Floor.name
