@@ -41,15 +41,20 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 class _Turns:
     """The tasks waiting to use one direction (reading or writing) of one
     socket, first come first served.  Only the head calls the socket and
-    watches it on the loop, so no message is interleaved with another; a
-    task that leaves, done or failed or cancelled, hands on the turn."""
+    waits for it, so no message is interleaved with another; a task that
+    leaves, done or failed or cancelled, hands on the turn.
 
-    __slots__ = ("_writing", "_queue", "_watch")
+    The loop's callback stays registered from one wait to the next (adding
+    and removing it each time costs a third of a ping-pong's latency) and
+    is removed when it fires with no task waiting, or at close."""
+
+    __slots__ = ("_writing", "_queue", "_watch", "_waiter")
 
     def __init__(self, writing: bool) -> None:
         self._writing = writing
         self._queue: deque[asyncio.Future[None]] = deque()
-        self._watch: tuple[asyncio.AbstractEventLoop, int, asyncio.Future[None]] | None = None
+        self._watch: tuple[asyncio.AbstractEventLoop, int, object] | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def busy(self) -> bool:
@@ -73,33 +78,46 @@ class _Turns:
         if first and self._queue:
             _wake(self._queue[0])
 
-    async def ready(self, fd: int) -> None:
-        """Wait until fd is readable (writable): one loop callback."""
+    async def ready(self, fd: int, owner: object) -> None:
+        """Wait until fd is readable (writable).  owner, what closes fd, is
+        kept alive while the loop watches fd: fd cannot close under it."""
         loop = asyncio.get_running_loop()
-        waiter = loop.create_future()
-        if self._writing:
-            loop.add_writer(fd, _wake, waiter)
-        else:
-            loop.add_reader(fd, _wake, waiter)
-        self._watch = (loop, fd, waiter)
+        watch = self._watch
+        if watch is None or watch[0] is not loop or watch[1] != fd:
+            self.unwatch()
+            if self._writing:
+                loop.add_writer(fd, self._fire)
+            else:
+                loop.add_reader(fd, self._fire)
+            self._watch = (loop, fd, owner)
+        waiter = self._waiter = loop.create_future()
         try:
             await waiter
         finally:
-            if self._watch is not None and self._watch[2] is waiter:
-                self.unwatch()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def _fire(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self.unwatch()
+        else:
+            self._waiter = None
+            _wake(waiter)
 
     def unwatch(self) -> None:
-        """Stop watching the socket and wake its watcher: done before the
-        socket closes, so that the loop never watches a reused number."""
-        if self._watch is None:
-            return
-        loop, fd, waiter = self._watch
-        self._watch = None
-        if self._writing:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
-        _wake(waiter)
+        """Stop watching the socket and wake the task waiting: done before
+        the socket closes, so that the loop never watches a reused number."""
+        if self._watch is not None:
+            loop, fd, _ = self._watch
+            self._watch = None
+            if self._writing:
+                loop.remove_writer(fd)
+            else:
+                loop.remove_reader(fd)
+        if self._waiter is not None:
+            _wake(self._waiter)
+            self._waiter = None
 
 
 class AsyncFDChannel:
@@ -219,7 +237,7 @@ class AsyncFDChannel:
                         return attempt(*args)
                     except BlockingIOError:
                         pass
-                await turns.ready(self._channel.fileno())
+                await turns.ready(self._channel.fileno(), self._sock)
                 tried = False
         finally:
             turns.leave(turn)
@@ -237,7 +255,7 @@ class AsyncFDChannel:
         try:
             while not written:
                 if written == 0:
-                    await turns.ready(self._channel.fileno())
+                    await turns.ready(self._channel.fileno(), self._sock)
                 try:
                     return attempt(*args)
                 except BlockingIOError as error:
@@ -255,7 +273,7 @@ class AsyncFDChannel:
                 try:
                     written += self._sock.send(view[written:], _NOSIGNAL)
                 except BlockingIOError:
-                    await self._writing.ready(self._channel.fileno())
+                    await self._writing.ready(self._channel.fileno(), self._sock)
         except BaseException:
             self.close()
             raise
@@ -337,7 +355,7 @@ class Server:
             try:
                 conn, _ = sock.accept()
             except BlockingIOError:
-                await self._turns.ready(sock.fileno())
+                await self._turns.ready(sock.fileno(), sock)
                 continue
             except ConnectionAbortedError:
                 continue

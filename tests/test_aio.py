@@ -278,6 +278,43 @@ def test_a_send_to_a_full_socket_waits_for_room(run: Runner) -> None:
     run(main())
 
 
+def test_the_loop_stops_watching_when_nobody_waits(run: Runner) -> None:
+    async def main() -> None:
+        async with pair() as (a, b):
+            receiving = asyncio.ensure_future(b.recv_fd())
+            await spin(2)
+            receiving.cancel()
+            await asyncio.gather(receiving, return_exceptions=True)
+            assert b._reading._watch is not None  # kept for the next wait
+            await a.send_fd(0)
+            await spin(2)  # the callback fires with no task waiting
+            assert b._reading._watch is None
+            fd = await b.recv_fd()
+            assert same_file(fd, 0)
+            os.close(fd)
+
+    run(main())
+
+
+def test_a_channel_waits_on_one_loop_then_another(run: Runner) -> None:
+    a, b = AsyncFDChannel.pair()
+
+    async def one_wait() -> None:
+        receiving = asyncio.ensure_future(b.recv_fd())
+        await spin(2)
+        await a.send_fd(0)
+        fd = await receiving
+        assert same_file(fd, 0)
+        os.close(fd)
+
+    try:
+        run(one_wait())  # leaves its callback on a loop now closed
+        run(one_wait())
+    finally:
+        a.close()
+        b.close()
+
+
 # -- cancellation ---------------------------------------------------------
 
 def test_a_cancelled_receive_takes_nothing(run: Runner, sock_type: int) -> None:
