@@ -37,7 +37,9 @@ def test_readme_has_examples() -> None:
 
 
 @pytest.mark.parametrize("code", PYTHON, ids=[f"block{i}" for i in range(len(PYTHON))])
-def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str],
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(PACKAGE_ROOT)  # a child an example starts imports this build
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     assert capsys.readouterr().out.splitlines() == expected_output(code)
 
