@@ -245,7 +245,7 @@ class AsyncFDChannel:
     async def _send(self, attempt: Callable[..., None], args: tuple[Any, ...],
                     data: ReadableBuffer) -> None:
         turns = self._writing
-        written: int | None = None  # of data, by the last attempt; None: none since a wait
+        written: int | None = None  # bytes of data the last attempt sent: 0 waits for room
         if not turns.busy:
             try:
                 return attempt(*args)
