@@ -1,7 +1,7 @@
 import io
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar, Union, overload
 
 from _typeshed import (
@@ -22,8 +22,11 @@ class _HasFileno(Protocol):
 _FileDescriptorLike = Union[int, _HasFileno]
 _Path = Union[str, bytes, os.PathLike[str], os.PathLike[bytes]]
 _T = TypeVar("_T", bound=FDChannel)
+_W = TypeVar("_W")
 
 MAX_FDS: int
+
+def wrap_socketpair(make: Callable[[socket.socket], _W], type: int = ...) -> tuple[_W, _W]: ...
 
 @disjoint_base
 class FDChannel:

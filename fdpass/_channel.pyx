@@ -109,13 +109,7 @@ cdef class FDChannel:
     @classmethod
     def pair(cls, int type=SOCK_STREAM):
         """Two connected channels over a new socketpair."""
-        a, b = _socket.socketpair(_socket.AF_UNIX, type)
-        try:
-            return cls(a), cls(b)
-        except BaseException:
-            a.close()
-            b.close()
-            raise
+        return wrap_socketpair(cls, type)
 
     @classmethod
     def connect(cls, path):
@@ -318,6 +312,18 @@ cdef class FDChannel:
                 raise
         finally:
             PyMem_Free(buf)
+
+
+def wrap_socketpair(make, int type=SOCK_STREAM):
+    """(make(a), make(b)) over a new AF_UNIX socketpair (a, b); both
+    sockets are closed if either call fails."""
+    a, b = _socket.socketpair(_socket.AF_UNIX, type)
+    try:
+        return make(a), make(b)
+    except BaseException:
+        a.close()
+        b.close()
+        raise
 
 
 cdef str family_name(int family):

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from fdpass._channel import MAX_FDS, FDChannel
+from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
 from fdpass._credentials import Credentials
 
 if TYPE_CHECKING:
@@ -141,13 +141,7 @@ class AsyncFDChannel:
     @classmethod
     def pair(cls, type: int = socket.SOCK_STREAM) -> tuple[AsyncFDChannel, AsyncFDChannel]:
         """Two connected channels over a new socketpair."""
-        a, b = socket.socketpair(socket.AF_UNIX, type)
-        try:
-            return cls(a), cls(b)
-        except BaseException:
-            a.close()
-            b.close()
-            raise
+        return wrap_socketpair(cls, type)
 
     @property
     def closed(self) -> bool:

@@ -102,6 +102,16 @@ async def pair(kind: int = socket.SOCK_STREAM) -> AsyncIterator[tuple[AsyncFDCha
         yield a, b
 
 
+async def pass_a_socket(tx: AsyncFDChannel, rx: AsyncFDChannel) -> None:
+    """Send one end of a new socketpair on tx: what rx receives talks to the other."""
+    x, y = socket.socketpair()
+    with x, y:
+        await tx.send_fd(x)
+        with await rx.recv_socket() as sock:
+            sock.sendall(b"via the passed socket")
+            assert y.recv(100) == b"via the passed socket"
+
+
 async def spin(times: int) -> None:
     """Let the loop run `times` iterations."""
     for _ in range(times):
@@ -159,12 +169,7 @@ def test_each_call_round_trips(run: Runner, sock_type: int, tmp_path: Path) -> N
                 await a.send_fd(f)
             with await b.recv_file("r", encoding="ascii") as text:
                 assert text.read() == "contents"
-            x, y = socket.socketpair()
-            with x, y:
-                await a.send_fd(x)
-                with await b.recv_socket() as sock:
-                    sock.sendall(b"via the passed socket")
-                    assert y.recv(100) == b"via the passed socket"
+            await pass_a_socket(a, b)
 
     run(main())
 
@@ -663,12 +668,7 @@ def test_an_abstract_socket_name(run: Runner) -> None:
     async def main() -> None:
         async with await aio.start_server(echo, name):
             async with await aio.open_channel(name) as client:
-                x, y = socket.socketpair()
-                with x, y:
-                    await client.send_fd(x)
-                    with await client.recv_socket() as back:
-                        back.sendall(b"round trip")
-                        assert y.recv(100) == b"round trip"
+                await pass_a_socket(client, client)
 
     run(main())
 
