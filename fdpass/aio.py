@@ -312,12 +312,15 @@ class Server:
     def close(self) -> None:
         """Stop accepting and remove the socket's path (if it is still this
         server's).  Connections being handled go on: see wait_closed()."""
+        self._accepting.cancel()
+        self._shut()
+
+    def _shut(self) -> None:
         sock, self._sock = self._sock, None
         if sock is None:
             return
         path = sock.getsockname()
         self._turns.unwatch()
-        self._accepting.cancel()
         sock.close()
         if self._inode is not None and _socket_inode(path) == self._inode:
             os.unlink(path)
@@ -344,6 +347,12 @@ class Server:
         await self.wait_closed()
 
     async def _accept(self, sock: socket.socket) -> None:
+        try:
+            await self._accept_forever(sock)
+        finally:  # closed, or cancelled with its loop: the socket goes too
+            self._shut()
+
+    async def _accept_forever(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
             try:

@@ -640,6 +640,17 @@ def test_serve_forever_closes_when_cancelled(run: Runner, tmp_path: Path) -> Non
     run(main())
 
 
+def test_a_server_left_open_closes_with_its_loop(run: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "s"
+
+    async def main() -> None:
+        await aio.start_server(lambda ch: ch.recv_fd(), path)
+        assert path.exists()
+
+    run(main())  # ends with the server open: its accepting task is cancelled
+    assert not path.exists()
+
+
 def test_a_stale_socket_file_is_replaced_but_nothing_else(run: Runner, tmp_path: Path) -> None:
     stale, plain = tmp_path / "stale", tmp_path / "plain"
     with socket.socket(socket.AF_UNIX) as old:
