@@ -322,11 +322,23 @@ def test_a_channel_waits_on_one_loop_then_another(run: Runner) -> None:
 
 # -- cancellation ---------------------------------------------------------
 
-def test_a_cancelled_receive_takes_nothing(run: Runner, sock_type: int) -> None:
+RECEIVES: dict[str, Callable[[AsyncFDChannel], Coroutine[Any, Any, object]]] = {
+    "recv_fd": lambda ch: ch.recv_fd(),
+    "recv_fds": lambda ch: ch.recv_fds(),
+    "recv_message": lambda ch: ch.recv_message(100),
+    "recv_file": lambda ch: ch.recv_file(),
+    "recv_socket": lambda ch: ch.recv_socket(),
+}
+
+
+@pytest.mark.parametrize("receive", RECEIVES.values(), ids=RECEIVES.keys())
+def test_a_cancelled_receive_takes_nothing(
+        run: Runner, sock_type: int,
+        receive: Callable[[AsyncFDChannel], Coroutine[Any, Any, object]]) -> None:
     async def main() -> None:
         async with pair(sock_type) as (a, b):
-            waiting = asyncio.ensure_future(b.recv_fd())
-            queued = asyncio.ensure_future(b.recv_fd())  # behind the first
+            waiting = asyncio.ensure_future(receive(b))
+            queued = asyncio.ensure_future(receive(b))  # behind the first
             await spin(3)
             waiting.cancel()
             queued.cancel()
