@@ -294,10 +294,10 @@ class Server:
     for each in a task of its own, as asyncio.start_unix_server does for
     streams; the channel closes when the handler returns."""
 
-    def __init__(self, sock: socket.socket, handler: Handler) -> None:
+    def __init__(self, sock: socket.socket, handler: Handler, unlink: bool) -> None:
         self._sock: socket.socket | None = sock
         self._handler = handler
-        self._inode = _socket_inode(sock.getsockname())
+        self._inode = _socket_inode(sock.getsockname()) if unlink else None
         self._turns = _Turns(writing=False)
         self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
@@ -401,18 +401,34 @@ def _socket_inode(path: str | bytes) -> int | None:
     return st.st_ino if stat.S_ISSOCK(st.st_mode) else None
 
 
-async def start_server(handler: Handler, path: StrPath, *, backlog: int = 100) -> Server:
-    """Listen on path and serve each connection with handler(channel).  A
-    stale socket file at path is removed first, as asyncio does."""
+async def start_server(handler: Handler, path: StrPath | None = None, *,
+                       sock: socket.socket | None = None, backlog: int = 100,
+                       cleanup_socket: bool = True) -> Server:
+    """Serve each connection with handler(channel), as
+    asyncio.start_unix_server: listening on path (a stale socket file
+    there is removed first; with cleanup_socket, path is removed at close
+    too, as asyncio does from 3.13), or on sock, a listening AF_UNIX socket
+    the server takes over (one handed on by a predecessor, say: its path
+    is left alone)."""
+    if path is None and sock is not None:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if sock.family != socket.AF_UNIX or not sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            raise ValueError(f"sock must be a listening AF_UNIX socket, not {sock!r}")
+        sock.setblocking(False)
+        return Server(sock, handler, unlink=False)
+    if path is None or sock is not None:
+        raise ValueError("start_server needs a path or a listening sock, one of the two")
     address = os.fspath(path)
     if _socket_inode(address) is not None:
         os.unlink(address)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.setblocking(False)
-        sock.bind(address)
-        sock.listen(backlog)
-        return Server(sock, handler)
+        listener.setblocking(False)
+        listener.bind(address)
+        listener.listen(backlog)
+        return Server(listener, handler, unlink=cleanup_socket)
     except BaseException:
-        sock.close()
+        listener.close()
         raise

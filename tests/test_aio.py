@@ -663,6 +663,53 @@ def test_a_server_left_open_closes_with_its_loop(run: Runner, tmp_path: Path) ->
     assert not path.exists()
 
 
+def test_a_listening_socket_handed_to_a_successor_serves_on(run: Runner, tmp_path: Path) -> None:
+    """A zero-downtime restart: the old server passes its listening socket
+    on; the new one serves it (at the same path) after the old one closes."""
+    path = tmp_path / "s"
+
+    async def answer(ch: AsyncFDChannel) -> None:
+        await ch.send_fd(0)
+
+    async def main() -> None:
+        old = await aio.start_server(answer, path, cleanup_socket=False)
+        async with pair() as (a, b):
+            await a.send_fd(old.sockets[0])
+            listening = await b.recv_socket()
+        old.close()
+        await old.wait_closed()
+        assert path.exists()  # it still is a live socket
+        async with await aio.start_server(answer, sock=listening) as new:
+            async with await aio.open_channel(path) as client:
+                fd = await client.recv_fd()
+                assert same_file(fd, 0)
+                os.close(fd)
+            new.close()
+            assert listening.fileno() == -1 and path.exists()  # the path is left alone
+        path.unlink()
+
+    run(main())
+
+
+def test_start_server_refuses_bad_arguments(run: Runner, tmp_path: Path) -> None:
+    async def main() -> None:
+        handler = AsyncFDChannel.recv_fd
+        with socket.socket(socket.AF_UNIX) as unbound, socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            tcp.listen()
+            for sock in (unbound, tcp):
+                with pytest.raises(ValueError, match="listening AF_UNIX socket"):
+                    await aio.start_server(handler, sock=sock)
+            with pytest.raises(ValueError, match="one of the two"):
+                await aio.start_server(handler)
+            with pytest.raises(ValueError, match="one of the two"):
+                await aio.start_server(handler, tmp_path / "s", sock=unbound)
+            with pytest.raises(TypeError, match="socket.socket"):
+                await aio.start_server(handler, sock=3)  # type: ignore[arg-type]
+
+    run(main())
+
+
 def test_a_stale_socket_file_is_replaced_but_nothing_else(run: Runner, tmp_path: Path) -> None:
     stale, plain = tmp_path / "stale", tmp_path / "plain"
     with socket.socket(socket.AF_UNIX) as old:
