@@ -310,8 +310,9 @@ class Server:
         return self._sock is not None
 
     def close(self) -> None:
-        """Stop accepting and remove the socket's path (if it is still this
-        server's).  Connections being handled go on: see wait_closed()."""
+        """Stop accepting, close the listening socket and, as start_server
+        was told, remove its path.  Connections being handled go on: see
+        wait_closed()."""
         self._accepting.cancel()
         self._shut()
 
