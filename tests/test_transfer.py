@@ -9,7 +9,6 @@ import socket
 import tempfile
 import threading
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
