@@ -17,8 +17,6 @@ from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
 from fdpass._credentials import Credentials
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from _typeshed import ReadableBuffer, StrPath
 
     from fdpass._channel import _FileDescriptorLike
@@ -342,8 +340,7 @@ class Server:
     async def __aenter__(self) -> Server:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.close()
         await self.wait_closed()
 
