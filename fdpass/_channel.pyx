@@ -11,15 +11,17 @@ from libc.math cimport isnan
 from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
-from fdpass._convert cimport file_from_fd, socket_from_fd
+from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, Received, as_fd, close_fds, raise_os_error,
+    RECV_EMPTY, RECV_OK, Received, as_fd, discard_fds, raise_os_error,
     raise_recv_status, raise_send_error, recv_message_into, send_message,
     unix_socket_type,
 )
 from fdpass._posix cimport (
-    FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, MSG_DONTWAIT, SOCK_DGRAM,
-    SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, fdpass_peer_credentials, setsockopt,
+    FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM,
+    SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, fdpass_peer_credentials, fdpass_socket_fd,
+    fdpass_socket_timeout, getpeername, setsockopt, shutdown, sockaddr, sockaddr_storage,
+    socklen_t,
 )
 
 import os
@@ -44,6 +46,33 @@ cdef double timeout_value(object value) except? -2.0:
     return t
 
 
+cdef enum Owner:
+    OWNER_NUMBER          # a descriptor number: the channel's own
+    OWNER_SOCKET          # a socket.socket, read through its C struct
+    OWNER_SOCKET_METHODS  # a socket.socket, read through fileno() and gettimeout()
+    OWNER_OBJECT          # any other object with fileno()
+
+
+cdef bint socket_head_matches():
+    """Whether this interpreter's socket objects start as fdpass_pysocket.h
+    says: the descriptor and timeout read from the struct agree with what
+    fileno() and gettimeout() return, open and closed."""
+    a, b = _socket.socketpair()
+    try:
+        for value, expected in ((None, -1.0), (0.0, 0.0), (2.5, 2.5), (1e-3, 1e-3)):
+            a.settimeout(value)
+            if (fdpass_socket_fd(a) != a.fileno()
+                    or abs(fdpass_socket_timeout(a) - expected) > 1e-9):
+                return False
+    finally:
+        a.close()
+        b.close()
+    return fdpass_socket_fd(a) == -1
+
+
+cdef bint SOCKET_HEAD = socket_head_matches()
+
+
 cdef Py_ssize_t check_maxfds(Py_ssize_t maxfds) except -1:
     if not 1 <= maxfds <= FDPASS_MAX_FDS:
         raise ValueError(f"maxfds must be within 1..{FDPASS_MAX_FDS}, got {maxfds}")
@@ -57,19 +86,26 @@ cdef class FDChannel:
     sock is a socket.socket, a descriptor number or an object with
     fileno(); with closefd (as with open()), close() closes it too."""
 
-    cdef int _fd
+    cdef int _fd             # the socket's descriptor while open, else -1
     cdef int _type
     cdef bint _closefd
+    cdef bint _connected     # had a peer when made (datagram: ENOTCONN means it left)
+    cdef Owner _kind
     cdef object _owner       # what was wrapped, closed by close() when closefd
-    cdef object _gettimeout  # the wrapped socket.socket's gettimeout, else None
-    cdef double _timeout     # the channel's own timeout otherwise; < 0 blocks
+    cdef double _timeout     # the channel's own timeout (not a socket.socket's); < 0 blocks
+    cdef int _users          # calls waiting without the GIL: they hold _held's number
+    cdef int _stop           # close() came while calls waited: they wake and raise
+    cdef int _held           # the descriptor to close when the last waiting call leaves
 
     def __cinit__(self):
         self._fd = -1
+        self._held = -1
 
     def __init__(self, sock, *, bint closefd=True):
         cdef int fd, sock_type, one = 1, family = 0, err = 0
-        if self._fd >= 0:
+        cdef sockaddr_storage peer
+        cdef socklen_t length = sizeof(peer)
+        if self._fd >= 0 or self._held >= 0:
             raise RuntimeError("FDChannel.__init__ called on an open channel")
         if isinstance(sock, _socket.socket):
             fd = sock.fileno()
@@ -92,19 +128,22 @@ cdef class FDChannel:
                 fd, SOL_SOCKET, FDPASS_SO_NOSIGPIPE, &one, sizeof(one)) < 0:
             raise_os_error(errno, f"setsockopt(SO_NOSIGPIPE) on descriptor {fd}")
         if isinstance(sock, _socket.socket):
-            self._gettimeout = sock.gettimeout
+            self._kind = OWNER_SOCKET if SOCKET_HEAD else OWNER_SOCKET_METHODS
             self._timeout = -1.0
         else:
-            self._gettimeout = None
+            self._kind = OWNER_NUMBER if PyLong_Check(sock) else OWNER_OBJECT
             self._timeout = 0.0 if fcntl(fd, F_GETFL) & O_NONBLOCK else -1.0
+        self._connected = getpeername(fd, <sockaddr *>&peer, &length) == 0
         self._owner = sock
         self._closefd = closefd
         self._type = sock_type
         self._fd = fd
 
     def __dealloc__(self):
-        if self._fd >= 0 and self._closefd and PyLong_Check(self._owner):
-            close(self._fd)
+        cdef int fd = self._fd
+        if fd >= 0 and self._closefd and self._kind == OWNER_NUMBER:
+            with nogil:
+                close(fd)
 
     @classmethod
     def pair(cls, int type=SOCK_STREAM):
@@ -122,38 +161,93 @@ cdef class FDChannel:
             sock.close()
             raise
 
-    cdef int _open_fd(self) except -1:
-        if self._fd < 0:
+    cdef bint _owns(self, int fd) except -1:
+        """Whether what was wrapped still has descriptor fd."""
+        if self._kind == OWNER_SOCKET:
+            return fdpass_socket_fd(self._owner) == fd
+        if self._kind == OWNER_NUMBER:
+            return True
+        try:
+            return self._owner.fileno() == fd
+        except (OSError, ValueError):
+            return False
+
+    cdef bint _wrapped_open(self) except -1:
+        """Whether the channel is open.  A socket closed elsewhere (its number
+        maybe another file's already) closes the channel, which then never
+        touches that number."""
+        if self._owns(self._fd):
+            return True
+        self._fd = -1
+        self._owner = None
+        return False
+
+    cdef int _live_fd(self) except -1:
+        if self._fd < 0 or not self._wrapped_open():
             raise ValueError("I/O operation on closed channel")
         return self._fd
 
-    cdef double _call_timeout(self) except? -2.0:
-        self._open_fd()
-        if self._gettimeout is None:
-            return self._timeout
-        value = self._gettimeout()
-        return -1.0 if value is None else timeout_value(value)
+    cdef int _begin(self, double *timeout) except -1:
+        """Start a call that may wait without the GIL: its descriptor,
+        which stays this channel's until _end(), and its timeout."""
+        cdef int fd = self._fd
+        if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(self._owner) == fd:
+            timeout[0] = fdpass_socket_timeout(self._owner)  # the hot path: two loads
+        else:
+            fd = self._live_fd()
+            if self._kind == OWNER_SOCKET_METHODS:
+                value = self._owner.gettimeout()
+                timeout[0] = -1.0 if value is None else timeout_value(value)
+            else:
+                timeout[0] = self._timeout
+        self._users += 1
+        return fd
 
-    cdef int _send(self, double timeout, const int *fds, int nfds,
+    cdef int _end(self) except -1:
+        self._users -= 1
+        if self._users == 0 and self._stop:
+            self._release()
+        return 0
+
+    cdef int _release(self) except -1:
+        """Close what the channel wraps, as closefd says."""
+        cdef int fd = self._held, rc
+        owner = self._owner
+        self._held = -1
+        self._owner = None
+        if not self._closefd:
+            return 0
+        close_method = None if self._kind == OWNER_NUMBER else getattr(owner, "close", None)
+        if close_method is not None:
+            close_method()
+            return 0
+        with nogil:
+            rc = close(fd)
+        if rc < 0:
+            raise_os_error(errno, f"closing descriptor {fd}")
+        return 0
+
+    cdef int _send(self, int sock, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
         cdef int err = 0
         cdef size_t sent = 0
-        if send_message(self._fd, fds, nfds, data, length,
-                        MSG_DONTWAIT if timeout >= 0 else 0, timeout, &err, &sent) < 0:
-            raise_send_error(err, self._fd, fds, nfds, sent)
+        if send_message(sock, fds, nfds, data, length, MSG_DONTWAIT if timeout >= 0 else 0,
+                        timeout, &self._stop, &err, &sent) < 0:
+            raise_send_error(err, sock, fds, nfds, sent, self._type, self._connected)
         return 0
 
-    cdef int _recv(self, double timeout, void *buf, size_t buflen, int *fds,
-                   int maxfds, Received *r) except -1:
+    cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
+                   int maxfds, int flags, Received *r) except -1:
         cdef int err = 0
-        if recv_message_into(self._fd, buf, buflen, fds, maxfds,
-                             MSG_DONTWAIT if timeout >= 0 else 0, timeout, r, &err) < 0:
+        if recv_message_into(sock, buf, buflen, fds, maxfds,
+                             flags | (MSG_DONTWAIT if timeout >= 0 else 0), timeout,
+                             &self._stop, r, &err) < 0:
             raise_os_error(err, None)
         return 0
 
     @property
     def closed(self):
-        return self._fd < 0
+        return self._fd < 0 or not self._wrapped_open()
 
     @property
     def type(self):
@@ -161,24 +255,31 @@ cdef class FDChannel:
         return _socket.SocketKind(self._type)
 
     def fileno(self):
-        return self._open_fd()
+        """The socket's descriptor; -1 once closed, as socket.socket's."""
+        return -1 if self.closed else self._fd
 
     def close(self):
-        """Close the channel, and with closefd the socket it wraps."""
+        """Close the channel, and with closefd the socket it wraps.  Calls
+        waiting on it in other threads wake (with closefd the socket is
+        shut down first) and raise ValueError; the socket is closed when
+        the last of them has left, so none touches a number reused since."""
         cdef int fd = self._fd
         if fd < 0:
             return
-        owner = self._owner
         self._fd = -1
-        self._owner = None
-        self._gettimeout = None
-        if not self._closefd:
+        self._held = fd
+        if not self._users:
+            self._release()
             return
-        close_method = None if PyLong_Check(owner) else getattr(owner, "close", None)
-        if close_method is not None:
-            close_method()
-        elif close(fd) < 0:
-            raise_os_error(errno, f"closing descriptor {fd}")
+        self._stop = 1
+        if self._closefd and self._owns(fd):
+            shutdown(fd, SHUT_RDWR)
+
+    def shutdown(self, int how):
+        """Shut down one or both directions (socket.SHUT_RD, SHUT_WR,
+        SHUT_RDWR), as socket.shutdown: a peer blocked on the socket wakes."""
+        if shutdown(self._live_fd(), how) < 0:
+            raise_os_error(errno, f"shutdown({how})")
 
     def __enter__(self):
         return self
@@ -187,21 +288,23 @@ cdef class FDChannel:
         self.close()
 
     def __repr__(self):
-        if self._fd < 0:
+        if self.closed:
             return "<fdpass.FDChannel [closed]>"
         return (f"<fdpass.FDChannel fd={self._fd} type={self.type.name} "
                 f"timeout={self.gettimeout()!r}>")
 
     def gettimeout(self):
         """Seconds a call may wait; None blocks, 0.0 never waits."""
-        if self._gettimeout is not None:
-            return self._gettimeout()
+        if self._kind == OWNER_SOCKET or self._kind == OWNER_SOCKET_METHODS:
+            if self._owner is not None:
+                return self._owner.gettimeout()
         return None if self._timeout < 0 else self._timeout
 
     def settimeout(self, value):
         """As socket.settimeout; on a wrapped socket.socket, sets its timeout."""
         cdef double t = timeout_value(value)
-        if self._gettimeout is not None:
+        if (self._kind == OWNER_SOCKET or self._kind == OWNER_SOCKET_METHODS) \
+                and self._owner is not None:
             self._owner.settimeout(value)
         else:
             self._timeout = t
@@ -213,53 +316,68 @@ cdef class FDChannel:
     def send_fd(self, f):
         """Send one descriptor (an int or an object with fileno()) in one
         message of one 0x00 byte: IO::FDPass's wire format."""
-        cdef double timeout = self._call_timeout()
-        cdef int fd = as_fd(f)
-        self._send(timeout, &fd, 1, b"\0", 1)
+        cdef double timeout
+        cdef int sock = self._begin(&timeout)
+        cdef int fd
+        try:
+            fd = as_fd(f)
+            self._send(sock, timeout, &fd, 1, b"\0", 1)
+        finally:
+            self._end()
 
     @cython.binding(False)
     def send_fds(self, fs, data=b"\0"):
         """Send 1..MAX_FDS descriptors in one message whose payload is data."""
-        cdef double timeout = self._call_timeout()
+        cdef double timeout
+        cdef int sock = self._begin(&timeout)
         cdef int fds[FDPASS_MAX_FDS]
         cdef Py_ssize_t i, n
         cdef Py_buffer view
-        items = tuple(fs)
-        n = len(items)
-        if n == 0:
-            raise ValueError("send_fds needs at least one descriptor")
-        if n > FDPASS_MAX_FDS:
-            raise ValueError(f"at most {FDPASS_MAX_FDS} descriptors fit in one message, got {n}")
-        for i in range(n):
-            fds[i] = as_fd(items[i])
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            if view.len == 0:
-                raise ValueError("data must not be empty: descriptors travel with a byte")
-            self._send(timeout, fds, <int>n, <const char *>view.buf, view.len)
+            items = tuple(fs)
+            n = len(items)
+            if n == 0:
+                raise ValueError("send_fds needs at least one descriptor")
+            if n > FDPASS_MAX_FDS:
+                raise ValueError(f"at most {FDPASS_MAX_FDS} descriptors fit in one message, got {n}")
+            for i in range(n):
+                fds[i] = as_fd(items[i])
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                if view.len == 0:
+                    raise ValueError("data must not be empty: descriptors travel with a byte")
+                self._send(sock, timeout, fds, <int>n, <const char *>view.buf, view.len)
+            finally:
+                PyBuffer_Release(&view)
         finally:
-            PyBuffer_Release(&view)
+            self._end()
 
     @cython.binding(False)
     def recv_fd(self):
         """Receive one message and return its one descriptor, now the caller's."""
-        cdef double timeout = self._call_timeout()
+        cdef double timeout
+        cdef int sock = self._begin(&timeout)
         cdef int fd = -1
         cdef char byte
         cdef Received r
-        self._recv(timeout, &byte, 1, &fd, 1, &r)
-        if r.nfds == 0:
-            raise_recv_status(&r, 1, self._type)
+        try:
+            self._recv(sock, timeout, &byte, 1, &fd, 1, 0, &r)
+            if r.nfds == 0:
+                raise_recv_status(&r, 1, self._type)
+        finally:
+            self._end()
         try:
             return fd
         except BaseException:
-            close(fd)
+            discard_fds(&fd, 1)
             raise
 
     def recv_file(self, mode=None, buffering=-1, encoding=None, errors=None, newline=None):
         """Receive one descriptor as a file object that owns it, as
         open(fd, ...) makes; mode None follows the descriptor's access
-        flags: "rb", "wb", "ab", "r+b" or "a+b"."""
+        flags: "rb", "wb", "ab", "r+b" or "a+b".  Arguments open() would
+        refuse are refused before anything is received."""
+        check_open_args(mode, buffering, encoding, errors, newline)
         return file_from_fd(self.recv_fd(), mode, buffering, encoding, errors, newline)
 
     def recv_socket(self):
@@ -269,49 +387,62 @@ cdef class FDChannel:
     def peer_credentials(self):
         """The connected peer's Credentials(pid, uid, gid) (SO_PEERCRED)."""
         cdef long pid = -1, uid = -1, gid = -1
-        if fdpass_peer_credentials(self._open_fd(), &pid, &uid, &gid) < 0:
+        if fdpass_peer_credentials(self._live_fd(), &pid, &uid, &gid) < 0:
             raise_os_error(errno, "no peer credentials")
         return Credentials(pid, uid, gid)
 
     def recv_fds(self, Py_ssize_t maxfds=FDPASS_MAX_FDS):
         """Receive one message and return its descriptors (at least one)."""
-        cdef double timeout = self._call_timeout()
+        cdef double timeout
+        cdef int sock
         cdef int fds[FDPASS_MAX_FDS]
         cdef char byte
         cdef Received r
         check_maxfds(maxfds)
-        self._recv(timeout, &byte, 1, fds, <int>maxfds, &r)
-        if r.nfds == 0:
-            raise_recv_status(&r, <int>maxfds, self._type)
+        sock = self._begin(&timeout)
+        try:
+            self._recv(sock, timeout, &byte, 1, fds, <int>maxfds, 0, &r)
+            if r.nfds == 0:
+                raise_recv_status(&r, <int>maxfds, self._type)
+        finally:
+            self._end()
         try:
             return [fds[i] for i in range(r.nfds)]
         except BaseException:
-            close_fds(fds, r.nfds)
+            discard_fds(fds, r.nfds)
             raise
 
     def recv_message(self, Py_ssize_t bufsize, Py_ssize_t maxfds=FDPASS_MAX_FDS):
-        """Receive one message: (payload of at most bufsize bytes, descriptors)."""
-        cdef double timeout = self._call_timeout()
+        """Receive one message: (payload of at most bufsize bytes, descriptors).
+        A datagram or record longer than bufsize is refused, never cut short."""
+        cdef double timeout
+        cdef int sock
         cdef int fds[FDPASS_MAX_FDS]
         cdef Received r
         cdef char *buf
         if bufsize < 1:
             raise ValueError(f"bufsize must be at least 1, got {bufsize}")
         check_maxfds(maxfds)
-        buf = <char *>PyMem_Malloc(bufsize)
-        if buf == NULL:
-            raise MemoryError(f"cannot allocate a {bufsize}-byte buffer")
+        sock = self._begin(&timeout)
         try:
-            self._recv(timeout, buf, bufsize, fds, <int>maxfds, &r)
-            if r.status != RECV_OK and not (r.status == RECV_EMPTY and self._type == SOCK_DGRAM):
-                raise_recv_status(&r, <int>maxfds, self._type)
+            buf = <char *>PyMem_Malloc(bufsize)
+            if buf == NULL:
+                raise MemoryError(f"cannot allocate a {bufsize}-byte buffer")
             try:
-                return PyBytes_FromStringAndSize(buf, r.nbytes), [fds[i] for i in range(r.nfds)]
-            except BaseException:
-                close_fds(fds, r.nfds)
-                raise
+                self._recv(sock, timeout, buf, bufsize, fds, <int>maxfds,
+                           0 if self._type == SOCK_STREAM else MSG_TRUNC, &r)
+                if r.status != RECV_OK and not (r.status == RECV_EMPTY
+                                                and self._type == SOCK_DGRAM):
+                    raise_recv_status(&r, <int>maxfds, self._type)
+                try:
+                    return PyBytes_FromStringAndSize(buf, r.nbytes), [fds[i] for i in range(r.nfds)]
+                except BaseException:
+                    discard_fds(fds, r.nfds)
+                    raise
+            finally:
+                PyMem_Free(buf)
         finally:
-            PyMem_Free(buf)
+            self._end()
 
 
 def wrap_socketpair(make, int type=SOCK_STREAM):

@@ -5,12 +5,50 @@ from libc.errno cimport ENOTSOCK, errno
 from posix.fcntl cimport (
     F_GETFL, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, fcntl,
 )
-from posix.unistd cimport close
 
-from fdpass._engine cimport raise_os_error
+from fdpass._engine cimport discard_fds, raise_os_error
 from fdpass._posix cimport FDPASS_O_PATH
 
+import codecs
 import socket as _socket
+
+cdef frozenset MODE_CHARS = frozenset("rwaxbt+")
+cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
+
+
+cdef int check_open_args(object mode, object buffering, object encoding, object errors,
+                         object newline) except -1:
+    """open()'s own checks of what needs no descriptor, made before a
+    message is received, so that a mistake consumes nothing."""
+    cdef bint text = False
+    for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
+                        ("newline", newline)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+    if not isinstance(buffering, int):
+        raise TypeError(f"buffering must be an int, not {type(buffering).__name__}")
+    if mode is not None:
+        chars = frozenset(mode)
+        if not chars <= MODE_CHARS or len(chars) != len(mode):
+            raise ValueError(f"invalid mode: {mode!r}")
+        if len(chars & frozenset("rwax")) != 1:
+            raise ValueError(f"invalid mode {mode!r}: it must have exactly one of "
+                             "read, write, append or create")
+        if "t" in chars and "b" in chars:
+            raise ValueError(f"invalid mode {mode!r}: text and binary at once")
+        text = "b" not in chars
+    if not text:
+        for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
+            if value is not None:
+                raise ValueError(f"binary mode doesn't take an {name} argument "
+                                 "(name a text mode, such as \"r\")")
+    elif buffering == 0:
+        raise ValueError("can't have unbuffered text I/O (buffering=0 in text mode)")
+    if newline not in NEWLINES:
+        raise ValueError(f"illegal newline value: {newline!r}")
+    if encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
+        raise LookupError(f"{encoding!r} is not a text encoding")
+    return 0
 
 
 cdef int access_flags(int fd) except -1:
@@ -37,8 +75,6 @@ cdef str file_mode(int fd, object mode):
             return "rb"
         prefix = "a" if flags & O_APPEND else ("r" if readable else "w")
         return prefix + ("+b" if readable else "b")
-    if not isinstance(mode, str):
-        raise TypeError(f"mode must be a str or None, not {type(mode).__name__}")
     if ("r" in mode or "+" in mode) and not readable:
         raise ValueError(f"mode {mode!r} reads, but the received descriptor is write-only")
     if any(c in mode for c in "wax+") and not writable:
@@ -68,7 +104,7 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
                  encoding, errors, newline, opener=opener)
     except BaseException:
         if not opener.taken:
-            close(fd)
+            discard_fds(&fd, 1)
         raise
     raw = getattr(f, "buffer", f)
     getattr(raw, "raw", raw).name = fd  # as open(fd) names it
@@ -82,12 +118,12 @@ cdef object socket_from_fd(int fd):
     try:
         sock = _socket.socket(fileno=fd)
     except OSError as e:
-        close(fd)
+        discard_fds(&fd, 1)
         if e.errno == ENOTSOCK:
             raise_os_error(ENOTSOCK, "the received descriptor (now closed) is not a socket")
         raise
     except BaseException:
-        close(fd)
+        discard_fds(&fd, 1)
         raise
     flags = fcntl(fd, F_GETFL)
     if flags >= 0 and flags & O_NONBLOCK and sock.gettimeout() is None:

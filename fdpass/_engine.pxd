@@ -1,14 +1,21 @@
 # The engine's C-level interface, shared by FDChannel and the functional API.
 
+cdef enum:
+    # err for a call that woke to find its channel closed (raises ValueError);
+    # errno values are positive.
+    FDPASS_ECLOSED = -1
+
 cdef enum RecvStatus:
     RECV_OK            # descriptors (maybe none) in fds[:nfds], data in the buffer
     RECV_EMPTY         # no byte and no descriptor: end of stream, or an empty datagram
-    RECV_TOO_MANY      # more descriptors than maxfds; all closed
-    RECV_CTRUNC        # control data truncated, the buffer was full; all closed
-    RECV_CTRUNC_LIMIT  # control data truncated with room to spare (EMFILE); all closed
+    RECV_TOO_MANY      # more descriptors than maxfds; all discarded
+    RECV_CTRUNC        # control data truncated, the buffer was full; all discarded
+    RECV_CTRUNC_LIMIT  # control data truncated with room to spare (EMFILE); all discarded
+    RECV_TRUNCATED     # a record longer than the buffer, refused (MSG_TRUNC asked); all discarded
 
 cdef struct Received:
-    Py_ssize_t nbytes
+    Py_ssize_t nbytes  # bytes received; with RECV_TRUNCATED, the record's length
+    size_t buflen      # the buffer's size
     int nfds           # descriptors handed to the caller in fds[]
     int total          # descriptors the message carried
     RecvStatus status
@@ -17,12 +24,14 @@ cdef int as_fd(object f) except -1
 cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil
 cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, int *err,
-                      size_t *sent) except -2
+                      size_t length, int flags, double timeout, const int *stop,
+                      int *err, size_t *sent) except -2
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
-                           int flags, double timeout, Received *out, int *err) except -2
-cdef void close_fds(const int *fds, int n) noexcept nogil
+                           int flags, double timeout, const int *stop, Received *out,
+                           int *err) except -2
+cdef void discard_fds(const int *fds, int n) noexcept nogil
+cdef int send_errno(int err, int sock_type, bint connected) noexcept nogil
 cdef int raise_os_error(int err, str context, Py_ssize_t written=*) except -1
 cdef int raise_send_error(int err, int sock, const int *fds, int nfds,
-                          size_t sent) except -1
+                          size_t sent, int sock_type, bint connected) except -1
 cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except -1

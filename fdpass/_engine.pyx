@@ -1,26 +1,37 @@
 """The syscall engine: sendmsg/recvmsg with SCM_RIGHTS, one PEP 475 loop,
-one errno-to-exception mapping.  Nothing here allocates per message."""
+one errno-to-exception mapping, and the one way descriptors are discarded
+(by the closer thread).  Nothing here allocates per message."""
 
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
-from libc.errno cimport EAFNOSUPPORT, EBADF, EBADMSG, EINTR, ETIMEDOUT, errno
+from libc.errno cimport (
+    EAFNOSUPPORT, EBADF, EBADMSG, ECONNREFUSED, EINTR, ENOTCONN, EPERM, EPIPE, ETIMEDOUT,
+    errno,
+)
 from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset, strerror
 from posix.fcntl cimport F_GETFD, F_SETFD, FD_CLOEXEC, fcntl
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.uio cimport iovec
-from posix.unistd cimport close
 
 from fdpass._posix cimport (
     AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
-    FDPASS_CLOEXEC_METHOD, FDPASS_CRED_SPACE, FDPASS_HAVE_MSG_DONTWAIT,
-    FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_RIGHTS_SPACE, FDPASS_SO_DOMAIN,
-    FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET,
-    SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt, msghdr, poll,
-    pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
+    FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_HAVE_MSG_DONTWAIT, FDPASS_MAX_FDS,
+    FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_SCM_PIDFD, FDPASS_SO_DOMAIN,
+    FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS,
+    SOL_SOCKET, SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt,
+    msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
 from fdpass._errors import ProtocolError
+
+cdef extern from "fdpass_closer.h" nogil:
+    int fdpass_closer_init()
+    void fdpass_discard(const int *fds, int n)
+    int fdpass_discards_wait(double timeout)
+
+if fdpass_closer_init() != 0:
+    raise MemoryError("pthread_atfork: cannot register the closer's fork handler")
 
 
 cdef double monotonic() noexcept nogil:
@@ -34,6 +45,9 @@ cdef int raise_os_error(int err, str context, Py_ssize_t written=-1) except -1:
     subclass (BlockingIOError, BrokenPipeError, TimeoutError, ...).  A
     would-block error of a send carries the bytes already sent (written
     >= 0) as BlockingIOError.characters_written, as io's writes do."""
+    if err == FDPASS_ECLOSED:
+        raise ValueError("I/O operation on closed channel: it was closed while "
+                         "this call waited")
     if err == ETIMEDOUT:
         raise OSError(err, "timed out")
     message = strerror(err).decode("utf-8", "replace")
@@ -147,14 +161,16 @@ cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) 
 
 
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
-                         double timeout, double deadline, int *err) except -2:
+                         double timeout, double deadline, const int *stop,
+                         int *err) except -2:
     """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
     and keeps the GIL (it cannot wait, and releasing the GIL costs more than
     the call); only a call that would block waits with the GIL released: a
     blocking call when flags lack MSG_DONTWAIT (the descriptor's own
     behaviour), else poll while the timeout allows (until deadline when it
     is > 0).  EINTR is retried unless a signal handler raised.  -1 with err
-    set on failure (ETIMEDOUT for a timeout)."""
+    set on failure (ETIMEDOUT for a timeout, FDPASS_ECLOSED when *stop was
+    set while the call waited: the socket is then never called again)."""
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
@@ -171,11 +187,16 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                 saved = errno
         if n >= 0:
             return n
-        if saved == EINTR:
+        if stop != NULL and stop[0]:
+            saved = FDPASS_ECLOSED
+        elif saved == EINTR:
             PyErr_CheckSignals()
             continue
-        if FDPASS_WOULD_BLOCK(saved) and timeout != 0:
+        elif FDPASS_WOULD_BLOCK(saved) and timeout != 0:
             ready = wait_ready(sock, writing, timeout, deadline, err)
+            if stop != NULL and stop[0]:
+                ready = -1
+                err[0] = FDPASS_ECLOSED
             if ready == 1:
                 continue
             if ready == 0:
@@ -186,8 +207,8 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
 
 
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, int *err,
-                      size_t *sent) except -2:
+                      size_t length, int flags, double timeout, const int *stop,
+                      int *err, size_t *sent) except -2:
     """Send data with fds attached to its first byte, and the rest of it
     within the same deadline; 0, or -1 with err and sent set to the bytes
     that did go (the descriptors with them, when sent > 0)."""
@@ -214,7 +235,7 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     flags |= FDPASS_MSG_NOSIGNAL
     sent[0] = 0
     while True:
-        n = msg_call(True, sock, &msg, flags, timeout, deadline, err)
+        n = msg_call(True, sock, &msg, flags, timeout, deadline, stop, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
@@ -228,56 +249,79 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
         msg.msg_controllen = 0
 
 
-cdef void close_fds(const int *fds, int n) noexcept nogil:
-    cdef int i
-    for i in range(n):
-        close(fds[i])
+cdef void discard_fds(const int *fds, int n) noexcept nogil:
+    """Descriptors nobody takes: the closer thread closes them, so that a
+    close that blocks stalls neither the caller nor its event loop."""
+    if n > 0:
+        fdpass_discard(fds, n)
 
 
-cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *total,
-                  size_t *other_space) noexcept nogil:
-    """Walk every control message: the first maxfds descriptors go to fds,
-    any beyond are closed at once.  Returns how many went to fds."""
+def wait_for_discards(double timeout=-1.0):
+    """Wait until the closer has closed every descriptor discarded so far
+    (timeout seconds at most; < 0 waits for ever); True when it has.  For
+    code that counts its descriptors, such as the tests' leak check."""
+    cdef int idle
+    with nogil:
+        idle = fdpass_discards_wait(timeout)
+    return bool(idle)
+
+
+cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
+                  int *total, size_t *other_space) noexcept nogil:
+    """Walk every control message: the first maxfds SCM_RIGHTS descriptors
+    go to fds, any beyond them and every SCM_PIDFD's pidfd to extra (for
+    discarding).  Lengths from the kernel are clamped to the buffer.
+    Returns how many went to fds."""
     cdef cmsghdr *cmsg = CMSG_FIRSTHDR(msg)
     cdef unsigned char *end = <unsigned char *>msg.msg_control + msg.msg_controllen
     cdef unsigned char *data
     cdef size_t length, count, i
     cdef int fd, taken = 0
+    cdef bint rights
     while cmsg != NULL:
         if cmsg.cmsg_len < CMSG_LEN(0):
             break
         length = cmsg.cmsg_len
         if <unsigned char *>cmsg + length > end:
             length = end - <unsigned char *>cmsg
-        if cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS:
+        rights = cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS
+        if rights or (cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == FDPASS_SCM_PIDFD):
             data = CMSG_DATA(cmsg)
             count = (length - (data - <unsigned char *>cmsg)) // sizeof(int)
             for i in range(count):
                 memcpy(&fd, data + i * sizeof(int), sizeof(int))
                 if FDPASS_MSG_CMSG_CLOEXEC == 0:
                     fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
-                if taken < maxfds:
+                if rights and taken < maxfds:
                     fds[taken] = fd
                     taken += 1
                 else:
-                    close(fd)
-                total[0] += 1
-        else:
+                    extra[nextra[0]] = fd
+                    nextra[0] += 1
+                if rights:
+                    total[0] += 1
+        if not rights:
             other_space[0] += CMSG_SPACE(length - CMSG_LEN(0))
         cmsg = CMSG_NXTHDR(msg, cmsg)
     return taken
 
 
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
-                           int flags, double timeout, Received *out, int *err) except -2:
-    """One recvmsg into buf; its descriptors into fds[:maxfds].  0 with
-    out->status set (on any status but RECV_OK every descriptor is already
-    closed), or -1 with err."""
+                           int flags, double timeout, const int *stop, Received *out,
+                           int *err) except -2:
+    """One recvmsg into buf; its descriptors into fds[:maxfds].  The control
+    buffer always has room for the most a message can carry, so the kernel
+    never discards descriptors for want of room: we do, off this thread.
+    MSG_TRUNC in flags (datagram and seqpacket sockets) refuses a record
+    longer than buf.  0 with out->status set (on any status but RECV_OK
+    every descriptor is already discarded), or -1 with err (after *stop
+    was set: FDPASS_ECLOSED, and the message's descriptors discarded)."""
     cdef fdpass_control_t control
+    cdef int extra[FDPASS_CONTROL_INTS]
+    cdef int nextra = 0
     cdef msghdr msg
     cdef iovec iov
     cdef Py_ssize_t n
-    cdef size_t given = FDPASS_RIGHTS_SPACE(maxfds) + FDPASS_CRED_SPACE
     cdef size_t other_space = 0, room
     memset(&msg, 0, sizeof(msg))
     iov.iov_base = buf
@@ -285,42 +329,65 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     msg.msg_iov = &iov
     msg.msg_iovlen = 1
     msg.msg_control = control.buf
-    msg.msg_controllen = given
+    msg.msg_controllen = FDPASS_CONTROL_MAX
     out.total = 0
     out.nfds = 0
+    out.buflen = buflen
     n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
-                 deadline_for(timeout), err)
+                 deadline_for(timeout), stop, err)
     if n < 0:
         return -1
     out.nbytes = n
-    out.nfds = take_fds(&msg, fds, maxfds, &out.total, &other_space)
+    out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space)
+    discard_fds(extra, nextra)
+    if stop != NULL and stop[0]:
+        discard_fds(fds, out.nfds)
+        out.nfds = 0
+        err[0] = FDPASS_ECLOSED
+        return -1
     if msg.msg_flags & MSG_CTRUNC:
-        # The kernel stops installing descriptors when the buffer is full or
-        # when this process cannot take another (EMFILE): room tells which.
-        room = (given - other_space - CMSG_LEN(0)) // sizeof(int)
+        # With room for every descriptor a message can carry, the kernel
+        # stops installing them when this process cannot take another
+        # (EMFILE); room tells the two apart where a message can carry more.
+        room = (FDPASS_CONTROL_MAX - other_space - CMSG_LEN(0)) // sizeof(int)
         out.status = RECV_CTRUNC_LIMIT if <size_t>out.total < room else RECV_CTRUNC
     elif out.total > maxfds:
         out.status = RECV_TOO_MANY
+    elif flags & MSG_TRUNC and msg.msg_flags & MSG_TRUNC:
+        out.status = RECV_TRUNCATED
     elif n == 0 and out.total == 0:
         out.status = RECV_EMPTY
     else:
         out.status = RECV_OK
         return 0
-    close_fds(fds, out.nfds)
+    discard_fds(fds, out.nfds)
     out.nfds = 0
     return 0
 
 
+cdef int send_errno(int err, int sock_type, bint connected) noexcept nogil:
+    """A gone peer is EPIPE on every socket type: on a connected datagram
+    socket the kernel says ECONNREFUSED, then ENOTCONN."""
+    if sock_type == SOCK_DGRAM and (err == ECONNREFUSED or (connected and err == ENOTCONN)):
+        return EPIPE
+    return err
+
+
 cdef int raise_send_error(int err, int sock, const int *fds, int nfds,
-                          size_t sent) except -1:
-    """Name the descriptor behind an EBADF: the kernel does not say which."""
+                          size_t sent, int sock_type, bint connected) except -1:
+    """Name the descriptor behind an EBADF (the kernel does not say which),
+    and the likely reason for an EPERM."""
     cdef int i
     if err == EBADF:
         for i in range(nfds):
             if fcntl(fds[i], F_GETFD) < 0:
                 raise_os_error(err, f"descriptor {fds[i]} is not open")
         raise_os_error(err, f"socket descriptor {sock} is not open")
-    raise_os_error(err, None, sent)
+    if err == EPERM and nfds > 0:
+        raise_os_error(err, "the kernel refused to pass descriptors: the peer most "
+                       "likely refuses them (SO_PASSRIGHTS turned off on its socket, "
+                       "or a security module)")
+    raise_os_error(send_errno(err, sock_type, connected), None, sent)
 
 
 cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except -1:
@@ -338,8 +405,12 @@ cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except 
                    f"EMFILE); the {r.total} received were closed")
     elif r.status == RECV_CTRUNC:
         message = ("control data truncated (MSG_CTRUNC): the message carried "
-                   f"more than the {maxfds} descriptors expected; the {r.total} "
-                   "received were closed")
+                   f"more than the {FDPASS_MAX_FDS} descriptors one message may; "
+                   f"the {r.total} received were closed")
+    elif r.status == RECV_TRUNCATED:
+        message = (f"the message ({r.nbytes} bytes) is longer than bufsize "
+                   f"({r.buflen}): refused rather than cut short; its {r.total} "
+                   "descriptors were closed")
     else:
         message = f"the message ({r.nbytes} bytes) carried no descriptor"
     raise ProtocolError(EBADMSG, message)

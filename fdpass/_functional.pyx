@@ -4,10 +4,10 @@ in, a bool or a descriptor out, and errno kept per thread as Perl's $!."""
 cimport cython
 from cpython.long cimport PyLong_Check
 from libc.errno cimport EBADMSG, ECONNRESET
-from posix.unistd cimport close
 
 from fdpass._engine cimport (
-    RECV_EMPTY, Received, check_unix_socket, recv_message_into, send_message, unix_socket_type,
+    RECV_EMPTY, Received, check_unix_socket, discard_fds, recv_message_into, send_errno,
+    send_message, unix_socket_type,
 )
 from fdpass._posix cimport FDPASS_WOULD_BLOCK, MSG_DONTWAIT, SOCK_DGRAM
 
@@ -36,12 +36,12 @@ def send(socket_fd, fd_to_pass):
     with get_errno() telling why.  A non-blocking socket may fail with EAGAIN."""
     cdef int sock = fd_number(socket_fd, "socket_fd")
     cdef int fd = fd_number(fd_to_pass, "fd_to_pass")
-    cdef int family = 0, err = 0
+    cdef int family = 0, err = 0, type_err = 0
     cdef size_t sent
     if check_unix_socket(sock, &family, &err) < 0:
         return failed(err)
-    if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, &err, &sent) < 0:
-        return failed(err)
+    if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, NULL, &err, &sent) < 0:
+        return failed(send_errno(err, unix_socket_type(sock, &family, &type_err), True))
     return True
 
 
@@ -56,13 +56,13 @@ def recv(socket_fd):
     cdef Received r
     # A descriptor arriving proves an AF_UNIX socket, so the family is only
     # checked when none did, and before waiting (a TCP socket must not block).
-    rc = recv_message_into(sock, &byte, 1, &fd, 1, MSG_DONTWAIT, 0.0, &r, &err)
+    rc = recv_message_into(sock, &byte, 1, &fd, 1, MSG_DONTWAIT, 0.0, NULL, &r, &err)
     if rc < 0 or r.nfds == 0:
         if check_unix_socket(sock, &family, &err) < 0:
             failed(err)
             return -1
         if rc < 0 and FDPASS_WOULD_BLOCK(err):
-            rc = recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, &r, &err)
+            rc = recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, NULL, &r, &err)
         if rc < 0:
             failed(err)
             return -1
@@ -74,7 +74,7 @@ def recv(socket_fd):
     try:
         return fd
     except BaseException:
-        close(fd)
+        discard_fds(&fd, 1)
         raise
 
 

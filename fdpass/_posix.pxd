@@ -36,13 +36,19 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_TYPE
         SCM_RIGHTS
         MSG_CTRUNC
+        MSG_TRUNC
         MSG_DONTWAIT
+        SHUT_RD
+        SHUT_WR
+        SHUT_RDWR
 
     ssize_t sendmsg(int sockfd, const msghdr *msg, int flags)
     ssize_t recvmsg(int sockfd, msghdr *msg, int flags)
     int getsockname(int sockfd, sockaddr *addr, socklen_t *addrlen)
     int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen)
     int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+    int getpeername(int sockfd, sockaddr *addr, socklen_t *addrlen)
+    int shutdown(int sockfd, int how)
 
     cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
     cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
@@ -75,8 +81,10 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_MAX_FDS
         FDPASS_CRED_SPACE
         FDPASS_CONTROL_MAX
+        FDPASS_CONTROL_INTS
         FDPASS_O_PATH
         FDPASS_HAVE_MSG_DONTWAIT
+        FDPASS_SCM_PIDFD
 
     const char *FDPASS_CLOEXEC_METHOD
     size_t FDPASS_RIGHTS_SPACE(size_t nfds)
@@ -86,3 +94,8 @@ cdef extern from "fdpass_compat.h" nogil:
     ctypedef union fdpass_control_t:
         cmsghdr align
         unsigned char buf[FDPASS_CONTROL_MAX]
+
+
+cdef extern from "fdpass_pysocket.h":
+    int fdpass_socket_fd(object sock)
+    double fdpass_socket_timeout(object sock)

@@ -65,8 +65,32 @@
 #  define FDPASS_CRED_SPACE CMSG_SPACE(128)
 #endif
 
+/* Linux >= 6.5 attaches a pidfd of the sender (SCM_PIDFD) to every message
+ * once SO_PASSPIDFD is set on the receiver: a descriptor to close like any
+ * other.  An older libc lacks the names; the values are the kernel's ABI. */
+#if defined(__linux__)
+#  ifndef SCM_PIDFD
+#    define SCM_PIDFD 0x04
+#  endif
+#  ifndef SO_PASSPIDFD
+#    define SO_PASSPIDFD 76
+#  endif
+#  define FDPASS_SCM_PIDFD SCM_PIDFD
+#  define FDPASS_PIDFD_SPACE CMSG_SPACE(sizeof(int))
+#else
+#  define FDPASS_SCM_PIDFD (-1)
+#  define FDPASS_PIDFD_SPACE 0
+#endif
+
+/* Every receive offers room for the most descriptors a message can carry,
+ * plus credentials and a pidfd: so the kernel never discards descriptors for
+ * want of room (their last close could block, in the receiving thread), and
+ * MSG_CTRUNC means only that this process ran out of descriptors. */
 #define FDPASS_RIGHTS_SPACE(n) CMSG_SPACE((n) * sizeof(int))
-#define FDPASS_CONTROL_MAX (FDPASS_RIGHTS_SPACE(FDPASS_MAX_FDS) + FDPASS_CRED_SPACE)
+#define FDPASS_CONTROL_MAX \
+    (FDPASS_RIGHTS_SPACE(FDPASS_MAX_FDS) + FDPASS_CRED_SPACE + FDPASS_PIDFD_SPACE)
+/* The most descriptors such a buffer can hold, whatever the messages in it. */
+#define FDPASS_CONTROL_INTS (FDPASS_CONTROL_MAX / sizeof(int))
 
 /* A control buffer aligned for struct cmsghdr, as CMSG_FIRSTHDR requires. */
 typedef union {

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import fdpass
+from fdpass._engine import wait_for_discards
 from support import open_fds
 
 SOCKET_TYPES = {
@@ -21,11 +22,14 @@ SOCKET_TYPES = {
 
 @pytest.fixture(autouse=True)
 def no_fd_leak() -> Iterator[None]:
-    """Fail the test when it leaves more descriptors open than it found."""
+    """Fail the test when it leaves more descriptors open than it found
+    (once the closer thread has closed what fdpass discarded)."""
     gc.collect()
+    assert wait_for_discards(30), "the closer thread is stuck"
     before = open_fds()
     yield
     gc.collect()
+    assert wait_for_discards(30), "the closer thread is stuck"
     after = open_fds()
     leaked = {fd: target for fd, target in after.items() if before.get(fd) != target}
     assert not leaked, f"descriptors leaked: {leaked}"

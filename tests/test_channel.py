@@ -113,8 +113,10 @@ def test_closed_channel() -> None:
     a.close()
     a.close()  # idempotent
     assert repr(a) == "<fdpass.FDChannel [closed]>"
-    for call in (a.fileno, a.recv_fd, a.recv_fds, lambda: a.send_fd(0),
-                 lambda: a.send_fds([0]), lambda: a.recv_message(1)):
+    assert a.fileno() == -1  # as socket.socket's
+    for call in (a.recv_fd, a.recv_fds, lambda: a.send_fd(0), lambda: a.send_fds([0]),
+                 lambda: a.recv_message(1), a.recv_file, a.recv_socket, a.peer_credentials,
+                 lambda: a.shutdown(socket.SHUT_RDWR)):
         with pytest.raises(ValueError, match="closed channel"):
             call()
 

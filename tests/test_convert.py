@@ -153,23 +153,37 @@ def test_mode_the_descriptor_cannot_honour(
     ("kwargs", "exception", "words"),
     [
         ({"mode": "rq"}, ValueError, "mode"),
+        ({"mode": "rr"}, ValueError, "mode"),
+        ({"mode": "rw"}, ValueError, "exactly one"),
+        ({"mode": "rbt"}, ValueError, "text and binary"),
         ({"mode": 5}, TypeError, "mode must be a str or None, not int"),
         ({"mode": "rb", "encoding": "utf-8"}, ValueError, "binary mode"),
+        ({"encoding": "utf-8"}, ValueError, "binary mode.*encoding"),
+        ({"mode": "rb", "newline": ""}, ValueError, "binary mode.*newline"),
         ({"mode": "r", "encoding": "no-such-codec"}, LookupError, "no-such-codec"),
+        ({"mode": "r", "encoding": "rot13"}, LookupError, "not a text encoding"),
         ({"mode": "r", "newline": "x"}, ValueError, "newline"),
-        ({"mode": "r", "buffering": "big"}, TypeError, "integer"),
+        ({"mode": "r", "buffering": 0}, ValueError, "unbuffered text"),
+        ({"mode": "r", "buffering": "big"}, TypeError, "buffering must be an int"),
+        ({"mode": "r", "encoding": 8}, TypeError, "encoding must be a str"),
     ],
-    ids=["bad-mode", "mode-type", "binary-encoding", "unknown-codec", "bad-newline",
-         "buffering-type"],
+    ids=["bad-mode", "twice", "read-and-write", "text-and-binary", "mode-type",
+         "binary-encoding", "default-mode-encoding", "binary-newline", "unknown-codec",
+         "binary-codec", "bad-newline", "unbuffered-text", "buffering-type",
+         "encoding-type"],
 )
-def test_failed_conversion_closes_the_descriptor(
+def test_arguments_open_would_refuse_consume_nothing(
     pair: Pair, data_file: Path, kwargs: dict[str, object], exception: type[Exception], words: str
 ) -> None:
     tx, rx = pair
     send_opened(tx, data_file, os.O_RDWR)
     with pytest.raises(exception, match=words):
         rx.recv_file(**kwargs)  # type: ignore[call-overload]
-    assert_in_step(tx, rx)
+    with rx.recv_file() as f:  # the message is still there
+        assert f.read() == b"hello\n"
+    if "mode" in kwargs:  # open() agrees (its default mode is text, recv_file's binary)
+        with pytest.raises(exception):
+            open(data_file, **kwargs)  # type: ignore[call-overload]
 
 
 def test_directory(pair: Pair, tmp_path: Path) -> None:

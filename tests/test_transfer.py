@@ -9,11 +9,12 @@ import socket
 import tempfile
 import threading
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fdpass
-from fdpass import FDChannel
+from fdpass import FDChannel, ProtocolError
 from support import close_all, raw_send, same_file
 
 Pair = tuple[FDChannel, FDChannel]
@@ -98,13 +99,22 @@ def test_recv_message_without_descriptors(sockets: tuple[socket.socket, socket.s
         assert rx.recv_message(64) == (b"plain", [])
 
 
-def test_recv_message_bufsize_cuts_a_datagram() -> None:
-    tx, rx = FDChannel.pair(socket.SOCK_DGRAM)
+@pytest.mark.parametrize("kind", [socket.SOCK_DGRAM, socket.SOCK_SEQPACKET])
+def test_recv_message_refuses_a_record_longer_than_bufsize(kind: int) -> None:
+    tx, rx = FDChannel.pair(kind)
     with tx, rx:
-        tx.send_fds([0], data=b"0123456789")
-        data, got = rx.recv_message(4)
+        tx.send_fds([0, 1], data=b"0123456789")
+        tx.send_fds([2], data=b"next")
+        with pytest.raises(ProtocolError, match=r"message \(10 bytes\) is longer than "
+                                                r"bufsize \(4\).*2 descriptors were closed"):
+            rx.recv_message(4)
+        data, got = rx.recv_message(4)  # still in step
+        assert data == b"next" and len(got) == 1 and same_file(got[0], 2)
         close_all(got)
-        assert data == b"0123" and len(got) == 1
+        tx.send_fds([0], data=b"0123")  # exactly bufsize is whole
+        data, got = rx.recv_message(4)
+        assert data == b"0123"
+        close_all(got)
 
 
 def test_long_payload_on_a_stream_arrives_whole(stream: tuple[socket.socket, socket.socket]) -> None:
