@@ -193,6 +193,8 @@ cdef class FDChannel:
         cdef int fd = self._fd
         if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(self._owner) == fd:
             timeout[0] = fdpass_socket_timeout(self._owner)  # the hot path: two loads
+        elif self._kind == OWNER_NUMBER and fd >= 0:
+            timeout[0] = self._timeout
         else:
             fd = self._live_fd()
             if self._kind == OWNER_SOCKET_METHODS:
