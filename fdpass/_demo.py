@@ -17,18 +17,26 @@ class DemoFailed(Exception):
     """What crossed did not work as it should have."""
 
 
-def child(fd: int) -> int:
-    """The child's side: receive each descriptor, use it, say what happened."""
+def print_flushed(line: str) -> None:
+    print(line, flush=True)
+
+
+def child(fd: int, report: Callable[[str], None] = print_flushed) -> int:
+    """The child's side: receive each descriptor, use it, say what happened.
+    Each report follows the effect it tells of (written and flushed): the
+    parent checks as soon as it reads one."""
     me = os.getpid()
     with FDChannel(fd) as ch:
         with ch.recv_file() as f:  # mode from the descriptor: r+b
             first = f.read().decode()
             f.write(f"and the child (pid {me}) appended this line\n".encode())
+            f.flush()
             report(f"got fd {f.name}, a regular file opened {f.mode!r}; "
                    f"read {first.strip()!r}, appended a line")
 
         with ch.recv_file() as w:  # a pipe's write end: wb
             w.write(f"hello through the pipe from pid {me}\n".encode())
+            w.flush()
             report(f"got fd {w.name}, a pipe's write end opened {w.mode!r}; wrote a line into it")
 
         with ch.recv_socket() as s:
@@ -44,10 +52,6 @@ def child(fd: int) -> int:
             return 0
     report("expected the end of the stream, got another descriptor")
     return 1
-
-
-def report(line: str) -> None:
-    print(line, flush=True)
 
 
 def parent(out: Callable[[str], None] = print) -> int:
@@ -86,9 +90,10 @@ def ask(number: int, what: str, child_out: IO[str], out: Callable[[str], None]) 
     out(f"   child: {line}")
 
 
-def check(ok: bool, message: str, out: Callable[[str], None]) -> None:
+def check(ok: bool, message: str, failure: str, out: Callable[[str], None]) -> None:
+    """Print message when ok, else raise DemoFailed saying what failed."""
     if not ok:
-        raise DemoFailed(message)
+        raise DemoFailed(failure)
     out(f"   ok: {message}")
 
 
@@ -103,7 +108,8 @@ def step_file(number: int, me: int, ch: FDChannel, child_out: IO[str],
         f.seek(0)  # the child moved the offset: both descriptors share one open file
         lines = f.read().decode().splitlines()
     check(len(lines) == 2 and "child" in lines[1],
-          f"the file now holds both lines: {lines!r}", out)
+          f"the file now holds both lines: {lines!r}",
+          f"the file should hold the parent's line and the child's, but holds {lines!r}", out)
 
 
 def step_pipe(number: int, me: int, ch: FDChannel, child_out: IO[str],
@@ -115,7 +121,8 @@ def step_pipe(number: int, me: int, ch: FDChannel, child_out: IO[str],
         ask(number, f"the write end of a pipe (fd {w}), then closed it here", child_out, out)
         text = reader.read().decode().strip()
     check(text.startswith("hello through the pipe"),
-          f"read from the pipe's other end: {text!r}", out)
+          f"read from the pipe's other end: {text!r}",
+          f"the pipe should carry the child's greeting, but carried {text!r}", out)
 
 
 def step_socket(number: int, me: int, ch: FDChannel, child_out: IO[str],
@@ -130,7 +137,8 @@ def step_socket(number: int, me: int, ch: FDChannel, child_out: IO[str],
             ask(number, f"one end of a socketpair (fd {b.fileno()}), then closed it here",
                 child_out, out)
     check(greeting.startswith("hello over the socket"),
-          f"received on the other end: {greeting!r}", out)
+          f"received on the other end: {greeting!r}",
+          f"the socket should carry the child's greeting, but carried {greeting!r}", out)
 
 
 if __name__ == "__main__":
