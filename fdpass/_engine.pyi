@@ -2,3 +2,6 @@ from typing_extensions import CapsuleType
 
 CLOEXEC_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
+
+def discard(fd: int) -> None: ...
+def wait_for_discards(timeout: float = -1.0) -> bool: ...

@@ -256,6 +256,15 @@ cdef void discard_fds(const int *fds, int n) noexcept nogil:
         fdpass_discard(fds, n)
 
 
+def discard(int fd):
+    """Close fd on the closer thread: for a socket whose queue may hold a
+    peer's descriptors (their last close can block), closed from an event
+    loop."""
+    if fd < 0:
+        raise ValueError(f"descriptor must be non-negative, got {fd}")
+    discard_fds(&fd, 1)
+
+
 def wait_for_discards(double timeout=-1.0):
     """Wait until the closer has closed every descriptor discarded so far
     (timeout seconds at most; < 0 waits for ever); True when it has.  For

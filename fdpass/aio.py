@@ -6,6 +6,7 @@ has taken nothing from the socket, so cancelling it loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
@@ -15,6 +16,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
 from fdpass._credentials import Credentials
+from fdpass._engine import discard
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer, StrPath
@@ -29,6 +31,18 @@ _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 #: Seconds before accepting again after the process ran out of something
 #: (descriptors, memory), as asyncio's servers wait.
 ACCEPT_RETRY_DELAY = 1.0
+#: The accept errors that mean that: any other stops the server.
+_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+#: Longest pause between connect attempts while a listener's backlog is full.
+_CONNECT_RETRY_MAX = 0.05
+
+
+def _close_off_loop(sock: socket.socket) -> None:
+    """Close sock on fdpass's closer thread: its queue may hold a peer's
+    descriptors, whose last close can block for as long as the peer chose."""
+    fd = sock.detach()
+    if fd >= 0:
+        discard(fd)
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -153,10 +167,12 @@ class AsyncFDChannel:
         return self._channel.fileno()
 
     def close(self) -> None:
-        """Close the channel and its socket.  Tasks waiting on it wake and
-        raise ValueError, as calls on a closed channel do."""
+        """Close the channel and its socket (on fdpass's closer thread, so
+        that no descriptor queued on it can block the loop).  Tasks waiting
+        on it wake and raise ValueError, as calls on a closed channel do."""
         self._reading.unwatch()
         self._writing.unwatch()
+        _close_off_loop(self._sock)
         self._channel.close()
 
     async def __aenter__(self) -> AsyncFDChannel:
@@ -266,6 +282,9 @@ class AsyncFDChannel:
                     written += self._sock.send(view[written:], _NOSIGNAL)
                 except BlockingIOError:
                     await self._writing.ready(self._channel.fileno(), self._sock)
+                    if self.closed:
+                        raise ValueError("I/O operation on closed channel: it was "
+                                         "closed while a send waited") from None
         except BaseException:
             self.close()
             raise
@@ -273,15 +292,47 @@ class AsyncFDChannel:
 
 async def open_channel(path: StrPath) -> AsyncFDChannel:
     """A channel connected to the AF_UNIX SOCK_STREAM socket listening at
-    path, as asyncio.open_unix_connection connects."""
+    path, as asyncio.open_unix_connection connects.  A listener whose
+    backlog is full makes it wait (a blocking connect would), under the
+    caller's cancellation."""
+    address = os.fspath(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, os.fspath(path))
+        await _connect(sock, address)
         return AsyncFDChannel(sock)
     except BaseException:
         sock.close()
         raise
+
+
+async def _connect(sock: socket.socket, address: str | bytes) -> None:
+    """Connect a non-blocking AF_UNIX socket.  A full backlog is EAGAIN on
+    Linux, with no event to wait for (the loop's sock_connect would take the
+    socket for connected): try again after a pause that grows to
+    _CONNECT_RETRY_MAX.  Where connecting is EINPROGRESS, wait until the
+    socket is writable and ask SO_ERROR."""
+    loop = asyncio.get_running_loop()
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except BlockingIOError as error:
+            if error.errno != errno.EINPROGRESS:
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, _CONNECT_RETRY_MAX)
+                continue
+        writable = loop.create_future()
+        loop.add_writer(sock.fileno(), _wake, writable)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock.fileno())
+        code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, f"connect to {address!r}: {os.strerror(code)}")
+        return
 
 
 Handler = Callable[[AsyncFDChannel], Awaitable[object]]
@@ -299,6 +350,9 @@ class Server:
         self._turns = _Turns(writing=False)
         self._handlers: set[asyncio.Task[None]] = set()
         self._accepting = asyncio.get_running_loop().create_task(self._accept(sock))
+        # Its failure is reported when it happens; nobody need fetch it.
+        self._accepting.add_done_callback(
+            lambda task: task.cancelled() or task.exception())
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -320,7 +374,7 @@ class Server:
             return
         path = sock.getsockname()
         self._turns.unwatch()
-        sock.close()
+        _close_off_loop(sock)  # connections never accepted may hold descriptors
         if self._inode is not None and _socket_inode(path) == self._inode:
             os.unlink(path)
 
@@ -331,7 +385,9 @@ class Server:
             await asyncio.wait(set(self._handlers))
 
     async def serve_forever(self) -> None:
-        """Serve until cancelled, then close."""
+        """Serve until cancelled, then close.  RuntimeError on a closed server."""
+        if self._sock is None:
+            raise RuntimeError("the server is closed: it cannot serve again")
         try:
             await asyncio.shield(self._accepting)
         finally:
@@ -347,7 +403,12 @@ class Server:
     async def _accept(self, sock: socket.socket) -> None:
         try:
             await self._accept_forever(sock)
-        finally:  # closed, or cancelled with its loop: the socket goes too
+        except Exception as error:  # reported here; serve_forever() raises it too
+            asyncio.get_running_loop().call_exception_handler({
+                "message": "fdpass.aio server: accept failed; the server closes",
+                "exception": error, "socket": sock})
+            raise
+        finally:  # closed, failed, or cancelled with its loop: the socket goes too
             self._shut()
 
     async def _accept_forever(self, sock: socket.socket) -> None:
@@ -360,8 +421,10 @@ class Server:
                 continue
             except ConnectionAbortedError:
                 continue
-            except OSError as error:  # EMFILE and the like: report, pause, go on
-                loop.call_exception_handler({
+            except OSError as error:
+                if error.errno not in _RESOURCE_ERRORS:
+                    raise  # the server closes, and serve_forever() raises it
+                loop.call_exception_handler({  # EMFILE and the like: pause, go on
                     "message": f"fdpass.aio server: accept failed; retrying in "
                                f"{ACCEPT_RETRY_DELAY} s",
                     "exception": error, "socket": sock})
