@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+import struct
 import subprocess
 import sys
 
@@ -57,3 +58,38 @@ def python_child(code: str, *args: str) -> subprocess.Popen[str]:
     use it in a with block, which closes the pipe and reaps the child."""
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             text=True, cwd=PACKAGE_ROOT)
+
+
+#: Linux's SO_PASSPIDFD (6.5), which Python's socket module may not name.
+SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
+
+
+class Lingering:
+    """A TCP socket on the loopback whose last close blocks for `seconds`
+    (SO_LINGER with unsent data, the peer reading nothing): what a hostile
+    peer attaches to stall whoever discards it.  `sock` is the lingering
+    end; close() closes everything not handed away."""
+
+    def __init__(self, seconds: int) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.sock.connect(self.listener.getsockname())
+        self.peer, _ = self.listener.accept()
+        self.sock.setblocking(False)
+        try:
+            while True:
+                self.sock.send(b"x" * 65536)
+        except BlockingIOError:
+            pass
+        self.sock.setblocking(True)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                             struct.pack("ii", 1, seconds))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.peer.close()
+        self.listener.close()

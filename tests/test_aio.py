@@ -779,3 +779,135 @@ def test_accept_out_of_descriptors_is_reported_and_retried(
     assert all(isinstance(c["exception"], OSError) and c["exception"].errno == errno.EMFILE
                for c in run.errors)
     run.errors.clear()
+
+
+def full_backlog(path: Path) -> tuple[socket.socket, list[socket.socket]]:
+    """A listener at path that accepts nothing, and the connections that
+    filled its backlog: the next connect would wait."""
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(0)
+    queued: list[socket.socket] = []
+    while True:
+        client = socket.socket(socket.AF_UNIX)
+        client.setblocking(False)
+        try:
+            client.connect(str(path))
+        except BlockingIOError:
+            client.close()
+            return listener, queued
+        queued.append(client)
+
+
+def test_open_channel_waits_while_the_backlog_is_full(run: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    listener, queued = full_backlog(path)
+
+    async def main() -> None:
+        opening = asyncio.ensure_future(aio.open_channel(path))
+        await asyncio.sleep(0.1)
+        assert not opening.done()  # it waits, as a blocking connect would
+        listener.accept()[0].close()  # room for one
+        async with await asyncio.wait_for(opening, 10) as ch:
+            for _ in queued[1:]:  # the accept queue is first in, first out
+                listener.accept()[0].close()
+            conn, _ = listener.accept()
+            with conn:  # the channel is connected, to this listener
+                assert ch.peer_credentials().pid == os.getpid()
+                with fdpass.FDChannel(conn, closefd=False) as server_side:
+                    server_side.send_fd(0)
+                fd = await ch.recv_fd()
+                assert same_file(fd, 0)
+                os.close(fd)
+
+    try:
+        run(main())
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
+
+
+def test_open_channel_cancelled_while_the_backlog_is_full(run: Runner, tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    listener, queued = full_backlog(path)
+
+    async def main() -> None:
+        opening = asyncio.ensure_future(aio.open_channel(path))
+        await asyncio.sleep(0.05)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+
+    try:
+        run(main())
+    finally:
+        for client in queued:
+            client.close()
+        listener.close()
+
+
+def test_serve_forever_on_a_closed_server_raises(run: Runner, tmp_path: Path) -> None:
+    async def main() -> None:
+        server = await aio.start_server(lambda ch: ch.recv_fd(), tmp_path / "s")
+        server.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await server.serve_forever()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_close_wakes_a_half_sent_send_with_value_error(run: Runner) -> None:
+    async def main() -> None:
+        async with pair() as (a, b):
+            a._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            sending = asyncio.ensure_future(a.send_fds([0], b"p" * 1_000_000))
+            await asyncio.sleep(0.05)
+            assert not sending.done()  # the descriptor went, the payload waits
+            a.close()
+            with pytest.raises(ValueError, match="closed channel"):
+                await sending
+            with pytest.raises((EOFError, ValueError)):
+                while True:
+                    _, fds = await b.recv_message(65536)
+                    for fd in fds:
+                        os.close(fd)
+
+    run(main())
+
+
+class FailingAccept(socket.socket):
+    """A listening socket whose accept fails, once a client is waiting, as
+    no resource shortage does."""
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        conn, address = super().accept()
+        conn.close()
+        raise OSError(errno.EPROTO, "protocol error")
+
+
+def test_accept_failing_otherwise_closes_the_server(
+        run: Runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(aio, "ACCEPT_RETRY_DELAY", 0.01)
+    path = tmp_path / "s"
+    listener = FailingAccept(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    async def main() -> None:
+        server = await aio.start_server(lambda ch: ch.recv_fd(), sock=listener)
+        serving = asyncio.ensure_future(server.serve_forever())
+        await spin(2)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(str(path))  # wakes the accepting task
+            with pytest.raises(OSError) as info:
+                await asyncio.wait_for(serving, 10)
+        assert info.value.errno == errno.EPROTO
+        assert not server.is_serving()
+        await server.wait_closed()
+
+    run(main())
+    assert [c["exception"].errno for c in run.errors] == [errno.EPROTO]
+    assert "the server closes" in run.errors[0]["message"]
+    run.errors.clear()
