@@ -66,8 +66,8 @@ class _Send(NamedTuple):
     fds: Sequence[int] = ()
 
 
-Step = Union[_Recv, _Send]
-Steps = Generator[Step, Any, Any]
+_Step = Union[_Recv, _Send]
+_Steps = Generator[_Step, Any, Any]
 
 
 class _Refused(Exception):
@@ -87,7 +87,7 @@ def _close_all(fds: list[int]) -> None:
         os.close(fds.pop())
 
 
-def _read_exact(size: int, fds: list[int]) -> Generator[Step, Any, bytes]:
+def _read_exact(size: int, fds: list[int]) -> Generator[_Step, Any, bytes]:
     """size bytes (fewer only at the end of the stream), adding the
     descriptors that came with them to fds.  Never asks for a byte beyond
     them, so the next frame's descriptors stay in the socket."""
@@ -101,7 +101,7 @@ def _read_exact(size: int, fds: list[int]) -> Generator[Step, Any, bytes]:
     return data
 
 
-def _read_frame() -> Generator[Step, Any, tuple[bytes, bytes, list[int]] | None]:
+def _read_frame() -> Generator[_Step, Any, tuple[bytes, bytes, list[int]] | None]:
     """One frame: (kind, body, descriptors), or None at the end of the
     stream before its first byte.  A frame that is not of this protocol and
     version raises ProtocolError, its descriptors closed."""
@@ -138,7 +138,7 @@ class VersionMismatch(ProtocolError):
         self.version = version
 
 
-def _offer_steps(offered: Sequence[tuple[str, int]]) -> Generator[Step, Any, None]:
+def _offer_steps(offered: Sequence[tuple[str, int]]) -> Generator[_Step, Any, None]:
     """The old process's side, after the uid check: HELLO in, SOCKETS out,
     READY in, DONE out.  Returns once DONE is sent; raises _Refused for a
     successor that breaks the protocol, EOFError for one that went away."""
@@ -169,7 +169,7 @@ def _offer_steps(offered: Sequence[tuple[str, int]]) -> Generator[Step, Any, Non
 
 
 def _expect(received: tuple[bytes, bytes, list[int]], kind: bytes,
-            name: str) -> Generator[Step, Any, None]:
+            name: str) -> Generator[_Step, Any, None]:
     """Offer side: received must be a bare frame of kind; else refuse."""
     got, body, fds = received
     if got == kind and not body and not fds:
@@ -184,10 +184,19 @@ def _refusal(code: int, reason: str) -> bytes:
     return _frame(REFUSED, bytes([code]) + reason.encode("utf-8"))
 
 
-def _take_steps() -> Generator[Step, Any, list[tuple[str, int]]]:
+def _say(kind: bytes) -> Generator[_Step, Any, None]:
+    """The successor sends a bare frame.  If the old process has closed
+    already, what it sent before (a refusal, say) is still to be read."""
+    try:
+        yield _Send(_frame(kind))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+def _take_steps() -> Generator[_Step, Any, list[tuple[str, int]]]:
     """The successor's side: HELLO out, SOCKETS in until every named
     descriptor has come; returns them, in the offer's order."""
-    yield _Send(_frame(HELLO))
+    yield from _say(HELLO)
     received: list[tuple[str, int]] = []
     total = None
     try:
@@ -256,9 +265,9 @@ def _refusal_error(body: bytes) -> OSError:
     return ProtocolError(errno.EBADMSG, f"the old process refused the handoff: {reason}")
 
 
-def _ready_steps() -> Generator[Step, Any, None]:
+def _ready_steps() -> Generator[_Step, Any, None]:
     """The successor's last step: READY out, DONE in."""
-    yield _Send(_frame(READY))
+    yield from _say(READY)
     got = yield from _read_frame()
     if got is None:
         raise ConnectionAbortedError(
@@ -276,15 +285,23 @@ class _Conversation:
     """Steps and the one they wait on, kept across timeouts: a wait() that
     times out while a successor is half-way goes on from there next time."""
 
-    def __init__(self, steps: Steps) -> None:
+    def __init__(self, steps: _Steps) -> None:
         self._steps = steps
-        self.step: Step | None = next(steps)
+        self.step: _Step | None = next(steps)
         self.result: Any = None
 
     def advance(self, value: object) -> None:
         """Give the current step its outcome; the next step, or the end."""
         try:
             self.step = self._steps.send(value)
+        except StopIteration as stop:
+            self.step = None
+            self.result = stop.value
+
+    def throw(self, error: BaseException) -> None:
+        """The current step failed with error: the steps may handle it."""
+        try:
+            self.step = self._steps.throw(error)
         except StopIteration as stop:
             self.step = None
             self.result = stop.value
@@ -328,6 +345,9 @@ def _run_blocking(conversation: _Conversation, channel: FDChannel, sock: socket.
                     sock.sendall(step.data, _NOSIGNAL)
             except _TIMEOUTS:
                 raise TimeoutError(errno.ETIMEDOUT, "timed out sending") from None
+            except (BrokenPipeError, ConnectionResetError) as error:
+                conversation.throw(error)
+                continue
             conversation.advance(None)
         else:
             try:
