@@ -517,7 +517,23 @@ async def _send_whole(channel: FDChannel, watch: _Watch, step: _handoff._Send) -
             await watch.writing.ready(sock.fileno(), sock)
 
 
-class AsyncOffer(_handoff._OfferState):
+class _AsyncCloses:
+    """async with closes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _A) -> _A:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_A = TypeVar("_A", bound=_AsyncCloses)
+
+
+class AsyncOffer(_handoff._OfferState, _AsyncCloses):
     """fdpass.handoff.Offer for asyncio: the same offer, with wait()
     awaited, so that the loop keeps serving on the offered sockets."""
 
@@ -570,17 +586,8 @@ class AsyncOffer(_handoff._OfferState):
         self._accepting.unwatch()
         super().close()
 
-    async def __aenter__(self) -> AsyncOffer:
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return self.describe("fdpass.aio.AsyncOffer")
-
-
-class AsyncTakeover(_handoff._TakeoverState):
+class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
     """fdpass.handoff.Takeover for asyncio; made by fdpass.aio.take()."""
 
     async def ready(self) -> None:
@@ -593,15 +600,6 @@ class AsyncTakeover(_handoff._TakeoverState):
             watch.unwatch()
             conversation.close()
             self.close()
-
-    async def __aenter__(self) -> AsyncTakeover:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return self.describe("fdpass.aio.AsyncTakeover")
 
 
 async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeover:

@@ -19,8 +19,8 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Generator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from collections.abc import Callable, Generator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 from fdpass._channel import MAX_FDS, FDChannel
 from fdpass._credentials import Credentials
@@ -292,16 +292,15 @@ class _Conversation:
 
     def advance(self, value: object) -> None:
         """Give the current step its outcome; the next step, or the end."""
-        try:
-            self.step = self._steps.send(value)
-        except StopIteration as stop:
-            self.step = None
-            self.result = stop.value
+        self._resume(self._steps.send, value)
 
     def throw(self, error: BaseException) -> None:
         """The current step failed with error: the steps may handle it."""
+        self._resume(self._steps.throw, error)
+
+    def _resume(self, how: Callable[[Any], _Step], value: Any) -> None:
         try:
-            self.step = self._steps.throw(error)
+            self.step = how(value)
         except StopIteration as stop:
             self.step = None
             self.result = stop.value
@@ -419,6 +418,10 @@ def _in_use(address: str | bytes) -> bool:
         return True
 
 
+def _qualified(obj: object) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
+
+
 class _OfferState:
     """What Offer and fdpass.aio.AsyncOffer share: the listening socket,
     the uid check, the successor being served, and the ending."""
@@ -510,12 +513,28 @@ class _OfferState:
         except FileNotFoundError:
             pass
 
-    def describe(self, kind: str) -> str:
+    def __repr__(self) -> str:
         state = "closed" if self.closed else f"path={self.path!r}"
-        return f"<{kind} {state}, {len(self._offered)} sockets>"
+        return f"<{_qualified(self)} {state}, {len(self._offered)} sockets>"
 
 
-class Offer(_OfferState):
+class _Closes:
+    """with closes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_C = TypeVar("_C", bound=_Closes)
+
+
+class Offer(_OfferState, _Closes):
     """Offer sockets (a mapping of names to sockets, descriptors or objects
     with fileno()) to a successor that connects to path.  The caller keeps
     them and keeps serving on them; wait() hands them over."""
@@ -553,14 +572,6 @@ class Offer(_OfferState):
                 continue
             return self.finish()
 
-    def __enter__(self) -> Offer:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return self.describe("fdpass.handoff.Offer")
 
 
 class _TakeoverState:
@@ -588,9 +599,9 @@ class _TakeoverState:
         if conn is not None:
             self._channel.close()
 
-    def describe(self, kind: str) -> str:
+    def __repr__(self) -> str:
         state = "closed" if self._conn is None else f"from pid {self.predecessor.pid}"
-        return f"<{kind} {state}, {len(self.sockets)} sockets>"
+        return f"<{_qualified(self)} {state}, {len(self.sockets)} sockets>"
 
 
 def _sockets_from(received: list[tuple[str, int]]) -> dict[str, socket.socket]:
@@ -615,7 +626,7 @@ def _sockets_from(received: list[tuple[str, int]]) -> dict[str, socket.socket]:
         raise
 
 
-class Takeover(_TakeoverState):
+class Takeover(_TakeoverState, _Closes):
     """The sockets a successor took over, and its word to the old process.
     Made by take()."""
 
@@ -631,14 +642,6 @@ class Takeover(_TakeoverState):
             conversation.close()
             self.close()
 
-    def __enter__(self) -> Takeover:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return self.describe("fdpass.handoff.Takeover")
 
 
 def take(path: StrOrBytesPath, timeout: float | None = None) -> Takeover:

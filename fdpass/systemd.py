@@ -67,36 +67,30 @@ def _split_names(value: str) -> list[str]:
 
 
 def _listen_fds_count() -> int:
-    pid_value = os.environ.get("LISTEN_PID")
-    if pid_value is None:
+    pid = _variable("LISTEN_PID", 1, "a process id")
+    if pid is None or pid != os.getpid():
         return 0
-    pid = _parse_int("LISTEN_PID", pid_value)
-    if pid <= 0:
-        raise ValueError(f"LISTEN_PID={pid_value!r} is not a process id")
-    if pid != os.getpid():
+    pidfd_id = _variable("LISTEN_PIDFDID", 0, "a pidfd inode number")
+    if pidfd_id is not None and _own_pidfd_id() not in (None, pidfd_id):
+        return 0  # LISTEN_PID was recycled: the descriptors were for another process
+    count = _variable("LISTEN_FDS", 1, "a positive count")
+    if count is None:
         return 0
-    pidfd_id = os.environ.get("LISTEN_PIDFDID")
-    if pidfd_id is not None:
-        wanted = _parse_int("LISTEN_PIDFDID", pidfd_id)
-        own = _own_pidfd_id()
-        if wanted < 0:
-            raise ValueError(f"LISTEN_PIDFDID={pidfd_id!r} is not a pidfd inode number")
-        if own is not None and own != wanted:
-            return 0  # LISTEN_PID was recycled: the descriptors were for another process
-    count_value = os.environ.get("LISTEN_FDS")
-    if count_value is None:
-        return 0
-    count = _parse_int("LISTEN_FDS", count_value)
-    if count <= 0:
-        raise ValueError(f"LISTEN_FDS={count_value!r} is not a positive count")
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         os.set_inheritable(fd, False)
     return count
 
 
-def _parse_int(variable: str, value: str) -> int:
+def _variable(name: str, minimum: int, what: str) -> int | None:
+    """The environment variable name as a number of at least minimum; None
+    when it is absent, ValueError naming it when it is something else."""
+    value = os.environ.get(name)
+    if value is None:
+        return None
     if not _NUMBER.fullmatch(value):
-        raise ValueError(f"{variable}={value!r} is not a number")
+        raise ValueError(f"{name}={value!r} is not a number")
+    if int(value) < minimum:
+        raise ValueError(f"{name}={value!r} is not {what}")
     return int(value)
 
 

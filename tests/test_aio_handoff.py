@@ -26,16 +26,6 @@ def path(tmp_path: Path) -> str:
     return str(tmp_path / "offer.sock")
 
 
-@pytest.fixture
-def listeners() -> Iterator[Offered]:
-    made = {name: socket.create_server(("127.0.0.1", 0)) for name in ("http", "admin")}
-    try:
-        yield made
-    finally:
-        for sock in made.values():
-            sock.close()
-
-
 def close_sockets(takeover: handoff.Takeover | aio.AsyncTakeover) -> None:
     for sock in takeover.sockets.values():
         sock.close()

@@ -48,17 +48,6 @@ def path(shared_dir: str) -> str:
     return os.path.join(shared_dir, "offer.sock")
 
 
-@pytest.fixture
-def listeners() -> Iterator[Offered]:
-    """Two listening TCP sockets on 127.0.0.1, as a server would offer."""
-    made = {name: socket.create_server(("127.0.0.1", 0)) for name in ("http", "admin")}
-    try:
-        yield made
-    finally:
-        for sock in made.values():
-            sock.close()
-
-
 class Background:
     """fn() in a thread; result() joins it and returns or raises."""
 
