@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from fdpass import _demo_handoff
+from support import run_python
 
 # Four client threads at full speed; each generation serves this long.
 THREADS = 4
@@ -41,3 +42,21 @@ def test_a_plain_restart_under_the_same_load_refuses_connections(
         show("\nplain restart", result)
     assert result.failures.get("refused", 0) > 0, result
     assert sorted(result.answers) == [0, 1], result
+
+
+def test_demo_handoff_command() -> None:
+    done = run_python("-m", "fdpass", "demo", "handoff")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    handoff_line = next(line for line in lines if line.startswith("handoff: "))
+    assert handoff_line.endswith("; 0 refused, 0 reset, 0 unanswered"), handoff_line
+    assert all(f"generation {g}: " in handoff_line for g in range(4)), handoff_line
+    assert sum("took the listener over" in line for line in lines) == 3
+    assert any(line.startswith("plain restart: ") for line in lines)
+    assert lines[-1] == "the handoff lost no connection: 0 refused"
+
+
+def test_demo_without_handoff_is_still_the_first_demo() -> None:
+    done = run_python("-m", "fdpass", "demo", "--help")
+    assert done.returncode == 0 and "handoff" in done.stdout
+    assert run_python("-m", "fdpass", "demo", "other").returncode == 2

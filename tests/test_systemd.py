@@ -9,6 +9,7 @@ from __future__ import annotations
 import array
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -325,3 +326,47 @@ def test_the_interpreters_the_interop_tests_use() -> None:
     done = subprocess.run([SYSTEM_PYTHON, "-c", "import systemd.daemon"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, "Debian's python3-systemd is missing: " + done.stderr
+
+
+# -- the README's descriptor-store recipe, against the real peers --------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+RECIPE = next(block for block in re.findall(r"```python\n(.*?)```",
+                                            README.read_text(encoding="utf-8"), re.S)
+              if "systemd.store_fds(" in block)
+
+
+@pytest.mark.interop
+def test_the_readme_recipe_stores_its_listener_and_finds_it_after_a_restart(
+        notify_socket: tuple[socket.socket, str]) -> None:
+    sock, value = notify_socket
+    # First start: nothing passed; it binds, and stores the listener.
+    first = subprocess.run([sys.executable, "-c", RECIPE], capture_output=True, text=True,
+                           timeout=60, cwd=PACKAGE_ROOT, env=dict(os.environ, NOTIFY_SOCKET=value))
+    assert (first.returncode, first.stdout) == (0, "serving on AF_INET\n"), first.stderr
+    stored, ancillary, flags, _ = sock.recvmsg(4096, 256)
+    assert not flags & socket.MSG_CTRUNC
+    assert stored == b"FDSTORE=1\nFDNAME=http"
+    fds = [fd for level, kind, data in ancillary if kind == socket.SCM_RIGHTS
+           for fd in array.array("i", data)]
+    assert len(fds) == 1
+    with socket.socket(fileno=fds[0]) as listener:
+        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    assert receive(sock)[0] == b"READY=1"
+    # Restart: the listener comes back by name (here from systemd-socket-activate).
+    port = free_port()
+    command = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http", "-E",
+               f"NOTIFY_SOCKET={value}", sys.executable, "-c", RECIPE]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=PACKAGE_ROOT) as activator:
+        try:
+            assert activator.stderr is not None
+            assert "Listening on" in activator.stderr.readline()
+            socket.create_connection(("127.0.0.1", port), timeout=60).close()  # activates it
+            out, err = activator.communicate(timeout=60)
+        finally:
+            if activator.returncode is None:
+                activator.kill()
+                activator.communicate()
+    assert (activator.returncode, out) == (0, "serving on AF_INET\n"), err
+    assert receive(sock)[:2] == (b"READY=1", [])  # nothing stored again
