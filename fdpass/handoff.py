@@ -429,7 +429,7 @@ class _OfferState:
     def __init__(self, path: StrOrBytesPath, sockets: Mapping[str, _FileDescriptorLike],
                  uid: int | None, sock_timeout: float | None) -> None:
         self._sockets = sockets  # kept alive while offered
-        self._offered = _offered_descriptors(sockets)
+        self._count = len(_offered_descriptors(sockets))
         self.uid = os.geteuid() if uid is None else uid
         #: Successors turned away, with why: (Credentials, reason).
         self.refused: list[tuple[Credentials, str]] = []
@@ -465,7 +465,12 @@ class _OfferState:
             channel.close()
             self.refused.append((who, reason))
             return
-        self._peer = (conn, channel, _Conversation(_offer_steps(self._offered)), who)
+        try:  # the descriptor numbers of now: a socket closed since is not sent
+            offered = _offered_descriptors(self._sockets)
+        except BaseException:
+            channel.close()
+            raise
+        self._peer = (conn, channel, _Conversation(_offer_steps(offered)), who)
 
     def peer(self) -> tuple[socket.socket, FDChannel, _Conversation, Credentials] | None:
         return self._peer
@@ -515,7 +520,7 @@ class _OfferState:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"path={self.path!r}"
-        return f"<{_qualified(self)} {state}, {len(self._offered)} sockets>"
+        return f"<{_qualified(self)} {state}, {self._count} sockets>"
 
 
 class _Closes:

@@ -548,3 +548,16 @@ def test_take_from_an_offer_that_closes_at_once(path: str) -> None:
             handoff.take(path, timeout=10)
     finally:
         fake.close()
+
+
+def test_a_socket_closed_after_the_offer_is_not_sent(path: str) -> None:
+    kept, closing = socket.socket(), socket.socket()
+    with kept, handoff.Offer(path, {"kept": kept, "closing": closing}) as offer:
+        closing.close()
+        with open(os.devnull) as reuses_the_number:  # may take the closed one's number
+            taking = Background(lambda: handoff.take(path, timeout=2))
+            with pytest.raises(ValueError, match="'closing' is closed"):
+                offer.wait(timeout=10)
+            with pytest.raises(ConnectionError):  # aborted, or reset on its HELLO
+                taking.result()
+            assert reuses_the_number.fileno() >= 0
