@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from fdpass._channel import _FileDescriptorLike
 
-__all__ = ["MAGIC", "VERSION", "Offer", "Takeover", "take"]
+__all__ = ["MAGIC", "VERSION", "Offer", "Takeover", "VersionMismatch", "take"]
 
 #: The first four bytes of every frame, in every version.
 MAGIC = b"FDHO"
