@@ -573,6 +573,8 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
                 if isinstance(error, asyncio.CancelledError):
                     self.step_failed(TimeoutError())  # a send cut short: gone
                 raise
+            if self.peer() is not peer:
+                continue  # closed meanwhile
             return self.finish()
 
     def drop_peer(self) -> None:

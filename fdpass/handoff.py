@@ -418,6 +418,15 @@ def _in_use(address: str | bytes) -> bool:
         return True
 
 
+def _shut(sock: socket.socket) -> None:
+    """Wake whatever waits on sock in another thread (accept, recv): on
+    Linux close() alone does not."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not connected, or gone already
+
+
 def _qualified(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
@@ -450,6 +459,9 @@ class _OfferState:
     def admit(self, conn: socket.socket) -> None:
         """A successor connected: check its uid before anything is sent,
         then start the conversation with it."""
+        if self.closed:  # from another thread, while it connected
+            conn.close()
+            return
         try:
             channel = FDChannel(conn)
             who = channel.peer_credentials()
@@ -480,7 +492,8 @@ class _OfferState:
         successor's doing (refused, gone) and waiting goes on; the
         conversation has ended either way unless error is a timeout while
         receiving."""
-        assert self._peer is not None
+        if self._peer is None:
+            return True  # closed meanwhile, from another thread: wait() sees it
         conn, _, conversation, who = self._peer
         if isinstance(error, TimeoutError) and isinstance(conversation.step, _Recv):
             return False  # the next wait() receives again
@@ -492,8 +505,9 @@ class _OfferState:
 
     def drop_peer(self) -> None:
         if self._peer is not None:
-            _, channel, conversation, _ = self._peer
+            conn, channel, conversation, _ = self._peer
             self._peer = None
+            _shut(conn)
             conversation.close()
             channel.close()
 
@@ -506,11 +520,13 @@ class _OfferState:
 
     def close(self) -> None:
         """Stop listening, remove the path if it is still ours, and end a
-        conversation in progress (that successor's ready() then fails)."""
-        self.drop_peer()
+        conversation in progress (that successor's ready() then fails).
+        A wait() in another thread wakes and raises ValueError."""
         listener, self._listener = self._listener, None
+        self.drop_peer()
         if listener is None:
             return
+        _shut(listener)
         listener.close()
         try:
             if os.stat(self.path).st_ino == self._inode:
@@ -561,11 +577,15 @@ class Offer(_OfferState, _Closes):
             listener = self.listener()
             peer = self.peer()
             if peer is None:
-                _settimeout(listener, deadline)
                 try:
+                    _settimeout(listener, deadline)
                     conn, _ = listener.accept()
                 except socket.timeout:  # an alias of TimeoutError from 3.10
                     raise TimeoutError(errno.ETIMEDOUT, "no successor came in time") from None
+                except OSError:
+                    if self.closed:
+                        continue  # from another thread: listener() says so
+                    raise
                 self.admit(conn)
                 continue
             conn, channel, conversation, _ = peer
@@ -575,6 +595,8 @@ class Offer(_OfferState, _Closes):
                 if not isinstance(error, Exception) or not self.step_failed(error):
                     raise
                 continue
+            if self.peer() is not peer:
+                continue  # closed from another thread meanwhile
             return self.finish()
 
 

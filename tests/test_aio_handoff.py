@@ -173,3 +173,24 @@ def test_async_take_is_refused_or_meets_garbage(run: Runner, path: str,
                 await aio.take(path, timeout=0.1)  # nobody waits on the offer
 
     run(main())
+
+
+def test_close_wakes_a_waiting_task(run: Runner, path: str, listeners: Offered) -> None:
+    async def main() -> None:
+        offer = aio.AsyncOffer(path, listeners)
+        waiting = asyncio.ensure_future(offer.wait())
+        takeover = await aio.take(path, timeout=20)  # half-way: it waits for READY
+        offer.close()
+        with pytest.raises(ValueError, match="closed"):
+            await waiting
+        with pytest.raises(ConnectionError):
+            await takeover.ready()
+        close_sockets(takeover)
+        offer2 = aio.AsyncOffer(path, listeners)
+        accepting = asyncio.ensure_future(offer2.wait())
+        await asyncio.sleep(0.05)
+        offer2.close()
+        with pytest.raises(ValueError, match="closed"):
+            await accepting
+
+    run(main())

@@ -16,6 +16,7 @@ import stat
 import struct
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -83,6 +84,11 @@ def take_and_close(path: str, ready: bool = True) -> dict[str, tuple[int, int]]:
             for sock in takeover.sockets.values():
                 sock.close()
     return identity
+
+
+def close_all_sockets(takeover: handoff.Takeover) -> None:
+    for sock in takeover.sockets.values():
+        sock.close()
 
 
 def _identity(sock: socket.socket) -> tuple[int, int]:
@@ -561,3 +567,26 @@ def test_a_socket_closed_after_the_offer_is_not_sent(path: str) -> None:
             with pytest.raises(ConnectionError):  # aborted, or reset on its HELLO
                 taking.result()
             assert reuses_the_number.fileno() >= 0
+
+
+@pytest.mark.parametrize("half_way", [False, True], ids=["accepting", "half-way"])
+def test_close_from_another_thread_wakes_wait(path: str, listeners: Offered,
+                                              half_way: bool) -> None:
+    offer = handoff.Offer(path, listeners)
+    takeover = None
+    if half_way:  # a successor has the sockets, and is not ready
+        taking = Background(lambda: handoff.take(path, timeout=10))
+        while not taking._outcome:
+            with pytest.raises(TimeoutError):
+                offer.wait(timeout=0.05)
+        takeover = taking.result()
+    waiting = Background(lambda: offer.wait(timeout=30))
+    time.sleep(0.2)  # let it block
+    offer.close()
+    with pytest.raises(ValueError, match="closed"):
+        waiting.result()
+    assert not os.path.exists(path)
+    if takeover is not None:
+        with pytest.raises(ConnectionError):
+            takeover.ready()
+        close_all_sockets(takeover)
