@@ -590,3 +590,43 @@ def test_close_from_another_thread_wakes_wait(path: str, listeners: Offered,
         with pytest.raises(ConnectionError):
             takeover.ready()
         close_all_sockets(takeover)
+
+
+def test_sockets_go_in_as_few_frames_as_max_fds_allows(path: str) -> None:
+    """A raw successor counts the SOCKETS frames: MAX_FDS + 7 sockets in two."""
+    count = fdpass.MAX_FDS + 7
+    offered = {f"s{i}": socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for i in range(count)}
+    frames: list[int] = []  # descriptors per frame
+
+    def exact(sock: socket.socket, size: int) -> tuple[bytes, list[int]]:
+        data = b""
+        fds: list[int] = []
+        while len(data) < size:
+            chunk, ancillary, _, _ = sock.recvmsg(size - len(data), socket.CMSG_SPACE(4 * 300))
+            assert chunk
+            data += chunk
+            for _, _, payload in ancillary:
+                fds.extend(struct.unpack(f"{len(payload) // 4}i", payload))
+        return data, fds
+
+    try:
+        with handoff.Offer(path, offered) as offer:
+            waiting = Background(lambda: offer.wait(timeout=20))
+            with socket.socket(socket.AF_UNIX) as peer:
+                peer.settimeout(10)
+                peer.connect(path)
+                peer.sendall(raw_header(b"H", 0))
+                while sum(frames) < count:
+                    header, fds = exact(peer, 10)
+                    assert header[:6] == raw_header(b"S", 0)[:6]
+                    body, more = exact(peer, struct.unpack(">I", header[6:])[0])
+                    frames.append(len(fds + more))
+                    for fd in fds + more:
+                        os.close(fd)
+                peer.sendall(raw_header(b"R", 0))
+                assert exact(peer, 10)[0] == raw_header(b"D", 0)
+            assert waiting.result().pid == os.getpid()
+    finally:
+        for sock in offered.values():
+            sock.close()
+    assert frames == [fdpass.MAX_FDS, 7]
