@@ -445,6 +445,7 @@ from fdpass import handoff as _handoff  # noqa: E402
 if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
 
+
 async def _within(timeout: float | None, work: Awaitable[_T]) -> _T:
     """await work, raising TimeoutError (on every Python) after timeout s."""
     if timeout is None:
