@@ -28,6 +28,9 @@ except ModuleNotFoundError:
     _refuse_source_tree(__path__[0])
     raise
 
+# Pure Python over the engine, and light: every `import fdpass` has them.
+from fdpass import handoff, systemd  # noqa: E402  (after the engine they need)
+
 __version__ = "0.1.0"
 
 #: Which engine is loaded: the compiled Cython modules are the only one.

@@ -1,4 +1,4 @@
-"""Command line: `python -m fdpass demo | bench | info`."""
+"""Command line: `python -m fdpass demo [handoff] | bench | info`."""
 
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ def info() -> int:
     return 0
 
 
-def demo() -> int:
+def demo(which: str | None = None) -> int:
     try:
+        if which == "handoff":
+            from fdpass import _demo_handoff  # starts processes of its own
+
+            return _demo_handoff.main()
         return parent()
     except DemoFailed as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
@@ -32,7 +36,11 @@ def demo() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fdpass", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="pass a file, a pipe and a socket to a child process")
+    demo_parser = commands.add_parser(
+        "demo", help="pass a file, a pipe and a socket to a child process; with 'handoff', "
+                     "replace a loaded server three times without refusing a connection")
+    demo_parser.add_argument("which", nargs="?", choices=["handoff"],
+                             help="the zero-downtime handoff demo")
     commands.add_parser("info", help="version, engine and platform facts")
     bench = commands.add_parser(
         "bench", help="time every implementation found over the same workloads")
@@ -57,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
         return _bench.run(args.quick, args.json, args.repeats, args.workload)
-    return {"demo": demo, "info": info}[args.command]()
+    if args.command == "demo":
+        return demo(args.which)
+    return info()
 
 
 if __name__ == "__main__":

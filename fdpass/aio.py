@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
     from fdpass._channel import _FileDescriptorLike
 
-__all__ = ["AsyncFDChannel", "Server", "open_channel", "start_server"]
+__all__ = ["AsyncFDChannel", "AsyncOffer", "AsyncTakeover", "Server", "open_channel",
+           "start_server", "take"]
 
 _T = TypeVar("_T")
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -492,4 +493,203 @@ async def start_server(handler: Handler, path: StrPath | None = None, *,
         return Server(listener, handler, unlink=cleanup_socket)
     except BaseException:
         listener.close()
+        raise
+
+
+# -- Zero-downtime handoff: the asyncio forms of fdpass.handoff --------------
+# The protocol's steps are fdpass.handoff's; only the waiting differs: the
+# engine's non-blocking calls, and the loop's callbacks when they would block.
+
+import errno  # noqa: E402  (kept with the code that needs them)
+from collections.abc import Mapping  # noqa: E402
+
+from fdpass import handoff as _handoff  # noqa: E402
+
+if TYPE_CHECKING:
+    from _typeshed import StrOrBytesPath
+
+
+async def _within(timeout: float | None, work: Awaitable[_T]) -> _T:
+    """await work, raising TimeoutError (on every Python) after timeout s."""
+    if timeout is None:
+        return await work
+    try:
+        return await asyncio.wait_for(work, timeout)
+    except asyncio.TimeoutError:  # not yet TimeoutError itself before 3.11
+        raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
+
+
+class _Watch:
+    """The loop's reader and writer callbacks for one socket."""
+
+    __slots__ = ("sock", "reading", "writing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reading = _Turns(writing=False)
+        self.writing = _Turns(writing=True)
+
+    def unwatch(self) -> None:
+        """Done before the socket closes, as _Turns requires."""
+        self.reading.unwatch()
+        self.writing.unwatch()
+
+
+async def _run_handoff(conversation: _handoff._Conversation, channel: FDChannel,
+                       watch: _Watch) -> Any:
+    """fdpass.handoff._run_blocking's loop on a non-blocking socket."""
+    sock = watch.sock
+    while conversation.step is not None:
+        step = conversation.step
+        if isinstance(step, _handoff._Send):
+            try:
+                await _send_whole(channel, watch, step)
+            except (BrokenPipeError, ConnectionResetError) as error:
+                conversation.throw(error)
+                continue
+            conversation.advance(None)
+            continue
+        while True:
+            try:
+                received = channel.recv_message(step.size, MAX_FDS)
+            except BlockingIOError:
+                await watch.reading.ready(sock.fileno(), sock)
+                continue
+            except EOFError:
+                received = (b"", [])
+            break
+        conversation.advance(received)
+    return conversation.result
+
+
+async def _send_whole(channel: FDChannel, watch: _Watch, step: _handoff._Send) -> None:
+    sock = watch.sock
+    view = memoryview(step.data)
+    sent = 0
+    while step.fds and not sent:
+        try:
+            channel.send_fds(step.fds, view)
+            return
+        except BlockingIOError as error:
+            sent = error.characters_written  # the descriptors went with the first byte
+            if not sent:
+                await watch.writing.ready(sock.fileno(), sock)
+    while sent < len(view):
+        try:
+            sent += sock.send(view[sent:], _NOSIGNAL)
+        except BlockingIOError:
+            await watch.writing.ready(sock.fileno(), sock)
+
+
+class _AsyncCloses:
+    """async with closes."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: _A) -> _A:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+_A = TypeVar("_A", bound=_AsyncCloses)
+
+
+class AsyncOffer(_handoff._OfferState, _AsyncCloses):
+    """fdpass.handoff.Offer for asyncio: the same offer, with wait()
+    awaited, so that the loop keeps serving on the offered sockets."""
+
+    def __init__(self, path: StrOrBytesPath, sockets: Mapping[str, _FileDescriptorLike], *,
+                 uid: int | None = None) -> None:
+        super().__init__(path, sockets, uid, 0.0)
+        self._accepting = _Watch(self.listener())
+        self._serving: _Watch | None = None
+
+    async def wait(self, timeout: float | None = None) -> Credentials:
+        """As Offer.wait: the successor's Credentials once it is ready();
+        TimeoutError after timeout seconds, and wait() may be called again.
+        Cancelling it loses nothing either."""
+        return await _within(timeout, self._wait())
+
+    async def _wait(self) -> Credentials:
+        while True:
+            listener = self.listener()
+            peer = self.peer()
+            if peer is None:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    await self._accepting.reading.ready(listener.fileno(), listener)
+                    continue
+                conn.setblocking(False)
+                self.admit(conn)
+                continue
+            conn, channel, conversation, _ = peer
+            if self._serving is None or self._serving.sock is not conn:
+                self._serving = _Watch(conn)
+            try:
+                await _run_handoff(conversation, channel, self._serving)
+            except BaseException as error:
+                if isinstance(error, Exception) and self.step_failed(error):
+                    continue
+                if isinstance(error, asyncio.CancelledError):
+                    self.step_failed(TimeoutError())  # a send cut short: gone
+                raise
+            if self.peer() is not peer:
+                continue  # closed meanwhile
+            return self.finish()
+
+    def drop_peer(self) -> None:
+        if self._serving is not None:
+            self._serving.unwatch()
+            self._serving = None
+        super().drop_peer()
+
+    def close(self) -> None:
+        """As Offer.close."""
+        self._accepting.unwatch()
+        super().close()
+
+
+class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
+    """fdpass.handoff.Takeover for asyncio; made by fdpass.aio.take()."""
+
+    async def ready(self) -> None:
+        """As Takeover.ready, awaited."""
+        conn, channel, conversation = self.conversation()
+        watch = _Watch(conn)
+        try:
+            await _within(self.timeout, _run_handoff(conversation, channel, watch))
+        finally:
+            watch.unwatch()
+            conversation.close()
+            self.close()
+
+
+async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeover:
+    """As fdpass.handoff.take, awaited: connect to the offer at path and
+    receive every named socket, within timeout seconds."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.setblocking(False)
+        channel = FDChannel(conn)
+        watch = _Watch(conn)
+        conversation = _handoff._Conversation(_handoff._take_steps())
+
+        async def connect_and_receive() -> list[tuple[str, int]]:
+            await asyncio.get_running_loop().sock_connect(conn, os.fspath(path))
+            received: list[tuple[str, int]] = await _run_handoff(conversation, channel, watch)
+            return received
+
+        try:
+            received = await _within(timeout, connect_and_receive())
+        finally:
+            watch.unwatch()
+            conversation.close()  # its descriptors closed unless it returned them
+        return AsyncTakeover(conn, channel, channel.peer_credentials(),
+                             _handoff._sockets_from(received), timeout)
+    except BaseException:
+        conn.close()
         raise

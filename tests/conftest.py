@@ -74,6 +74,18 @@ def pipe() -> Iterator[tuple[int, int]]:
         os.close(w)
 
 
+@pytest.fixture
+def listeners() -> Iterator[dict[str, socket.socket]]:
+    """Two listening TCP sockets on 127.0.0.1, as a server offers them to
+    its successor (fdpass.handoff)."""
+    made = {name: socket.create_server(("127.0.0.1", 0)) for name in ("http", "admin")}
+    try:
+        yield made
+    finally:
+        for sock in made.values():
+            sock.close()
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List each interop test (against a real Perl or standard-library peer)
     with its outcome, so that a CI log shows they ran and were not skipped."""
