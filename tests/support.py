@@ -1,12 +1,17 @@
-"""Helpers the tests share: a leak census and a raw, hostile peer."""
+"""Helpers the tests share: a leak census, a raw, hostile peer, and the
+foreign peers the interop tests run."""
 
 from __future__ import annotations
 
 import array
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import fdpass
 
@@ -57,3 +62,30 @@ def python_child(code: str, *args: str) -> subprocess.Popen[str]:
     use it in a with block, which closes the pipe and reaps the child."""
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             text=True, cwd=PACKAGE_ROOT)
+
+
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def find_peer(program: str, check: list[str], package: str) -> str:
+    """The path of a foreign peer's program, checked by running it with check.
+    Fails the test (never skips it) when it is missing, naming the Debian
+    package, so that CI cannot pass on a missing peer."""
+    found = shutil.which(program, path=os.pathsep.join([os.environ.get("PATH", ""),
+                                                        "/usr/sbin", "/sbin"]))
+    done = subprocess.run([found, *check], capture_output=True, text=True,
+                          timeout=60) if found else None
+    if done is None or done.returncode != 0:
+        pytest.fail(f"{program} is needed: apt-get install {package} "
+                    f"({done.stderr.strip() if done else f'no {program} on PATH'})")
+    assert found is not None
+    return found
+
+
+def run_peer(command: list[str], sock: socket.socket, *args: str) -> str:
+    """Run a peer with the socket's descriptor number as its first argument
+    (after command); its stdout, once it has succeeded."""
+    done = subprocess.run([*command, str(sock.fileno()), *args], pass_fds=[sock.fileno()],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
