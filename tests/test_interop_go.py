@@ -53,7 +53,7 @@ def build_go_peer(go: str, directory: Path) -> Path:
 @pytest.fixture(scope="session")
 def go_peer(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     go = find_peer("go", ["version"], "golang-go")
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
     directory = cache.mkdir("fdpass-go-peer") if cache else tmp_path_factory.mktemp("go")
     return str(build_go_peer(go, directory))
 

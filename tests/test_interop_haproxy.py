@@ -256,6 +256,27 @@ def offer_listeners(server: socket.socket, offered: list[Listener]) -> None:
             pass
 
 
+def ask(port: int, process: subprocess.Popen[bytes], directory: Path) -> bytes:
+    """HAProxy's whole answer to a request on port; a failure, with its log,
+    as soon as HAProxy has exited instead (our listener would queue the
+    connection all the same)."""
+    deadline = time.monotonic() + 10
+    answer = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        client.settimeout(0.1)
+        while True:
+            try:
+                chunk = client.recv(4096)
+            except socket.timeout:
+                assert process.poll() is None, f"haproxy exited:\n{log_of(directory)}"
+                assert time.monotonic() < deadline, f"no answer:\n{log_of(directory)}"
+                continue
+            if not chunk:
+                return answer
+            answer += chunk
+
+
 def test_haproxy_takes_listeners_from_fdpass(
     haproxy: str, tmp_path: Path, short_dir: Path, listeners: list[Listener]
 ) -> None:
@@ -280,11 +301,7 @@ def test_haproxy_takes_listeners_from_fdpass(
                 as process:
             offer_listeners(server, listeners)
             for port in ports:
-                with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-                    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                    answer = b""
-                    while chunk := client.recv(4096):
-                        answer += chunk
+                answer = ask(port, process, tmp_path)
                 assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(ANSWER.encode()), \
                     log_of(tmp_path)
             ours = {os.fstat(listener.sock.fileno()).st_ino for listener in listeners}
