@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,23 @@ def run_peer(command: list[str], sock: socket.socket, *args: str) -> str:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def text_files(directory: Path, count: int, text: str) -> list[Path]:
+    """count files in directory, each holding text and its own number."""
+    paths = [directory / f"file{i}" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_text(f"{text}, file {i}\n")
+    return paths
+
+
+def check_received_files(fds: list[int], paths: list[Path]) -> None:
+    """The received descriptors, which this closes, are the files at paths,
+    in order: the same inode and the same content."""
+    with ExitStack() as stack:
+        received = [stack.enter_context(open(fd)) for fd in fds]
+        originals = [stack.enter_context(open(path)) for path in paths]
+        assert len(received) == len(originals)
+        assert [same_file(a.fileno(), b.fileno()) for a, b in zip(received, originals)] \
+            == [True] * len(paths)
+        assert [f.read() for f in received] == [path.read_text() for path in paths]

@@ -15,13 +15,12 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 import fdpass
-from support import PEERS, close_all, find_peer, run_peer, same_file
+from support import PEERS, check_received_files, close_all, find_peer, run_peer, text_files
 
 pytestmark = pytest.mark.interop
 
@@ -72,10 +71,7 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[socket.socket, socket
 
 @pytest.fixture
 def files(tmp_path: Path) -> list[Path]:
-    paths = [tmp_path / f"file{i}" for i in range(4)]
-    for i, path in enumerate(paths):
-        path.write_text(f"passed between Python and Go, file {i}\n")
-    return paths
+    return text_files(tmp_path, 4, "passed between Python and Go")
 
 
 def test_go_unix_rights_to_recv_message(
@@ -86,15 +82,11 @@ def test_go_unix_rights_to_recv_message(
     sent = [("three from go", files[:3]), ("one from go", files[3:])]
     run_go(go_peer, "send", theirs,
            [{"payload": payload, "paths": list(map(str, paths))} for payload, paths in sent])
-    with fdpass.FDChannel(ours, closefd=False) as ch, ExitStack() as stack:
+    with fdpass.FDChannel(ours, closefd=False) as ch:
         for payload, paths in sent:
             data, fds = ch.recv_message(4096)
-            received = [stack.enter_context(open(fd)) for fd in fds]
-            originals = [stack.enter_context(open(path)) for path in paths]
-            assert (data, len(fds)) == (payload.encode(), len(paths))
-            assert [same_file(a.fileno(), b.fileno()) for a, b in zip(received, originals)] \
-                == [True] * len(paths)
-            assert [f.read() for f in received] == [path.read_text() for path in paths]
+            check_received_files(fds, paths)
+            assert data == payload.encode()
 
 
 def test_send_fds_to_go_parse_unix_rights(

@@ -9,14 +9,15 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
 import fdpass
-from support import PEERS, close_all, find_peer, run_peer, same_file
+from support import (
+    PEERS, check_received_files, close_all, find_peer, run_peer, same_file, text_files,
+)
 
 pytestmark = pytest.mark.interop
 
@@ -35,11 +36,7 @@ def run_ruby(ruby: str, mode: str, sock: socket.socket, *args: str) -> str:
 
 @pytest.fixture
 def files(tmp_path: Path) -> list[Path]:
-    """Three files, each with its own content."""
-    paths = [tmp_path / f"file{i}" for i in range(3)]
-    for i, path in enumerate(paths):
-        path.write_text(f"{CONTENT.strip()}, file {i}\n")
-    return paths
+    return text_files(tmp_path, 3, CONTENT.strip())
 
 
 @pytest.fixture
@@ -115,32 +112,21 @@ def test_fdpass_to_ruby_recv_io(
     assert os.read(r, 100) == wrote(0)
 
 
-def test_ruby_sendmsg_unix_rights_to_recv_message(
-    ruby: str, stream: tuple[socket.socket, socket.socket], files: list[Path]
+@pytest.mark.parametrize("method", ["recv_message", "recv_fds"])
+def test_ruby_sendmsg_unix_rights_to_fdpass(
+    ruby: str, stream: tuple[socket.socket, socket.socket], files: list[Path], method: str
 ) -> None:
+    """Three files and a payload in one message."""
     ours, theirs = stream
     run_ruby(ruby, "sendmsg", theirs, "from ruby", *map(str, files))
+    data = None
     with fdpass.FDChannel(ours, closefd=False) as ch:
-        data, fds = ch.recv_message(64)
-    with ExitStack() as stack:
-        received = [stack.enter_context(open(fd)) for fd in fds]
-        originals = [stack.enter_context(open(path)) for path in files]
-        assert (data, len(fds)) == (b"from ruby", len(files))
-        assert [same_file(a.fileno(), b.fileno()) for a, b in zip(received, originals)] \
-            == [True] * len(files)
-        assert [f.read() for f in received] == [path.read_text() for path in files]
-
-
-def test_ruby_sendmsg_unix_rights_to_recv_fds(
-    ruby: str, stream: tuple[socket.socket, socket.socket], files: list[Path]
-) -> None:
-    ours, theirs = stream
-    run_ruby(ruby, "sendmsg", theirs, "x", *map(str, files))
-    with fdpass.FDChannel(ours, closefd=False) as ch:
-        fds = ch.recv_fds()
-    with ExitStack() as stack:
-        received = [stack.enter_context(open(fd)) for fd in fds]
-        assert [f.read() for f in received] == [path.read_text() for path in files]
+        if method == "recv_message":
+            data, fds = ch.recv_message(64)
+        else:
+            fds = ch.recv_fds()
+    check_received_files(fds, files)
+    assert data == (b"from ruby" if method == "recv_message" else None)
 
 
 def test_send_fds_to_ruby_recvmsg(
