@@ -256,25 +256,46 @@ def offer_listeners(server: socket.socket, offered: list[Listener]) -> None:
             pass
 
 
-def ask(port: int, process: subprocess.Popen[bytes], directory: Path) -> bytes:
-    """HAProxy's whole answer to a request on port; a failure, with its log,
-    as soon as HAProxy has exited instead (our listener would queue the
-    connection all the same)."""
+def ask(client: socket.socket, process: subprocess.Popen[bytes], directory: Path) -> None:
+    """HAProxy answers a request on the connected client as its frontends
+    do; a failure, with its log, as soon as HAProxy has exited instead
+    (our listener would queue the connection all the same)."""
     deadline = time.monotonic() + 10
     answer = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
-        client.settimeout(0.1)
-        while True:
-            try:
-                chunk = client.recv(4096)
-            except socket.timeout:
-                assert process.poll() is None, f"haproxy exited:\n{log_of(directory)}"
-                assert time.monotonic() < deadline, f"no answer:\n{log_of(directory)}"
-                continue
-            if not chunk:
-                return answer
-            answer += chunk
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    client.settimeout(0.1)
+    while chunk := try_recv(client, process, directory, deadline):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(ANSWER.encode()), \
+        f"{answer!r}\n{log_of(directory)}"
+
+
+def try_recv(client: socket.socket, process: subprocess.Popen[bytes], directory: Path,
+             deadline: float) -> bytes:
+    while True:
+        try:
+            return client.recv(4096)
+        except socket.timeout:
+            assert process.poll() is None, f"haproxy exited:\n{log_of(directory)}"
+            assert time.monotonic() < deadline, f"no answer:\n{log_of(directory)}"
+
+
+@contextmanager
+def handing_over(haproxy: str, tmp_path: Path, short_dir: Path, config: str,
+                 listeners: list[Listener]) -> Iterator[subprocess.Popen[bytes]]:
+    """A new HAProxy started with -x on a socket of ours, to which fdpass
+    has handed listeners; it must end well, and have held them all."""
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(short_dir / "old.sock"))
+        server.listen()
+        server.settimeout(10)
+        with running_haproxy(haproxy, tmp_path, config, "-x", str(short_dir / "old.sock")) \
+                as process:
+            offer_listeners(server, listeners)
+            yield process
+            ours = {os.fstat(listener.sock.fileno()).st_ino for listener in listeners}
+            assert ours <= socket_inodes(process.pid), log_of(tmp_path)
+    assert process.returncode == 0, log_of(tmp_path)
 
 
 def test_haproxy_takes_listeners_from_fdpass(
@@ -293,17 +314,26 @@ def test_haproxy_takes_listeners_from_fdpass(
     ports = [plain.getsockname()[1], on_lo.getsockname()[1]]
     config = DEFAULTS + frontend("web", [f"127.0.0.1:{ports[0]}",
                                          f"127.0.0.1:{ports[1]} interface lo"])
-    with socket.socket(socket.AF_UNIX) as server:
-        server.bind(str(short_dir / "old.sock"))
-        server.listen()
-        server.settimeout(10)
-        with running_haproxy(haproxy, tmp_path, config, "-x", str(short_dir / "old.sock")) \
-                as process:
-            offer_listeners(server, listeners)
-            for port in ports:
-                answer = ask(port, process, tmp_path)
-                assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(ANSWER.encode()), \
-                    log_of(tmp_path)
-            ours = {os.fstat(listener.sock.fileno()).st_ino for listener in listeners}
-            assert ours <= socket_inodes(process.pid), log_of(tmp_path)
-        assert process.returncode == 0, log_of(tmp_path)
+    with handing_over(haproxy, tmp_path, short_dir, config, listeners) as process:
+        for port in ports:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                ask(client, process, tmp_path)
+
+
+def test_haproxy_takes_listeners_from_fdpass_in_batches(
+    haproxy: str, tmp_path: Path, short_dir: Path, listeners: list[Listener]
+) -> None:
+    """More than a batch: fdpass sends the second once haproxy -x has
+    acknowledged the first, and HAProxy serves on every socket."""
+    paths = [short_dir / f"l{i}" for i in range(BATCH + 48)]
+    for path in paths:
+        listeners.append(Listener(socket.socket(socket.AF_UNIX), "", ""))
+        listeners[-1].sock.bind(str(path))
+        listeners[-1].sock.listen()
+    config = DEFAULTS + frontend("many", [f"unix@{path}" for path in paths])
+    with handing_over(haproxy, tmp_path, short_dir, config, listeners) as process:
+        for path in (paths[0], paths[-1]):
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(10)
+                client.connect(str(path))
+                ask(client, process, tmp_path)
