@@ -87,8 +87,9 @@ def listeners() -> Iterator[dict[str, socket.socket]]:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """List each interop test (against a real Perl or standard-library peer)
-    with its outcome, so that a CI log shows they ran and were not skipped."""
+    """List each interop test (against a real peer: Perl's IO::FDPass, Ruby,
+    Go, HAProxy, the standard library) with its outcome, so that a CI log
+    shows they ran and were not skipped."""
     lines = [f"{outcome.upper():8} {report.nodeid}"
              for outcome in ("passed", "failed", "error", "skipped")
              for report in terminalreporter.stats.get(outcome, [])

@@ -1,13 +1,19 @@
-"""Helpers the tests share: a leak census and a raw, hostile peer."""
+"""Helpers the tests share: a leak census, a raw, hostile peer, and the
+foreign peers the interop tests run."""
 
 from __future__ import annotations
 
 import array
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
 
 import fdpass
 
@@ -93,3 +99,50 @@ class Lingering:
         self.sock.close()
         self.peer.close()
         self.listener.close()
+
+
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def find_peer(program: str, check: list[str], package: str) -> str:
+    """The path of a foreign peer's program, checked by running it with check.
+    Fails the test (never skips it) when it is missing, naming the Debian
+    package, so that CI cannot pass on a missing peer."""
+    found = shutil.which(program, path=os.pathsep.join([os.environ.get("PATH", ""),
+                                                        "/usr/sbin", "/sbin"]))
+    done = subprocess.run([found, *check], capture_output=True, text=True,
+                          timeout=60) if found else None
+    if done is None or done.returncode != 0:
+        pytest.fail(f"{program} is needed: apt-get install {package} "
+                    f"({done.stderr.strip() if done else f'no {program} on PATH'})")
+    assert found is not None
+    return found
+
+
+def run_peer(command: list[str], sock: socket.socket, *args: str) -> str:
+    """Run a peer with the socket's descriptor number as its first argument
+    (after command); its stdout, once it has succeeded."""
+    done = subprocess.run([*command, str(sock.fileno()), *args], pass_fds=[sock.fileno()],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def text_files(directory: Path, count: int, text: str) -> list[Path]:
+    """count files in directory, each holding text and its own number."""
+    paths = [directory / f"file{i}" for i in range(count)]
+    for i, path in enumerate(paths):
+        path.write_text(f"{text}, file {i}\n")
+    return paths
+
+
+def check_received_files(fds: list[int], paths: list[Path]) -> None:
+    """The received descriptors, which this closes, are the files at paths,
+    in order: the same inode and the same content."""
+    with ExitStack() as stack:
+        received = [stack.enter_context(open(fd)) for fd in fds]
+        originals = [stack.enter_context(open(path)) for path in paths]
+        assert len(received) == len(originals)
+        assert [same_file(a.fileno(), b.fileno()) for a, b in zip(received, originals)] \
+            == [True] * len(paths)
+        assert [f.read() for f in received] == [path.read_text() for path in paths]

@@ -8,16 +8,14 @@ import errno
 import multiprocessing
 import multiprocessing.reduction
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import fdpass
-from support import close_all, same_file
+from support import close_all, find_peer, run_peer, same_file
 
 pytestmark = pytest.mark.interop
 
@@ -26,24 +24,13 @@ CONTENT = "passed between languages\n"
 
 @pytest.fixture(scope="module")
 def perl() -> str:
-    """perl with IO::FDPass: these tests fail rather than skip without it,
-    so that CI cannot pass on a missing peer."""
-    found = shutil.which("perl")
-    check = subprocess.run([found or "perl", "-MIO::FDPass", "-e", "1"],
-                           capture_output=True, text=True) if found else None
-    if check is None or check.returncode != 0:
-        pytest.fail("Perl's IO::FDPass is needed: apt-get install libio-fdpass-perl "
-                    f"({check.stderr.strip() if check else 'no perl on PATH'})")
-    return found or "perl"
+    """perl with IO::FDPass: these tests fail rather than skip without it."""
+    return find_peer("perl", ["-MIO::FDPass", "-e", "1"], "libio-fdpass-perl")
 
 
 def run_perl(perl: str, code: str, sock: socket.socket, *args: str) -> str:
     """Run code with the socket's descriptor number as $ARGV[0]; its stdout."""
-    done = subprocess.run([perl, "-MIO::FDPass", "-e", code, str(sock.fileno()), *args],
-                          pass_fds=[sock.fileno()], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    return run_peer([perl, "-MIO::FDPass", "-e", code], sock, *args)
 
 
 @pytest.fixture

@@ -36,7 +36,11 @@ def test_readme_has_examples() -> None:
     assert len(TABLE) >= 6
 
 
-@pytest.mark.parametrize("code", PYTHON, ids=[f"block{i}" for i in range(len(PYTHON))])
+# A block that runs a foreign peer (the HAProxy recipe) is an interop test too.
+@pytest.mark.parametrize("code", [
+    pytest.param(code, id=f"block{i}",
+                 marks=[pytest.mark.interop] if "HAPROXY" in code else [])
+    for i, code in enumerate(PYTHON)])
 def test_readme_example_runs(code: str, capsys: pytest.CaptureFixture[str],
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(PACKAGE_ROOT)  # a child an example starts imports this build
