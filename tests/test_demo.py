@@ -29,18 +29,19 @@ def test_a_report_follows_its_effect() -> None:
 
     child = threading.Thread(target=_demo.child, args=(theirs.detach(), report))
     child.start()
-    try:
-        with open(r) as child_out, FDChannel(ours) as ch:
-            try:
-                _demo.step_file(1, os.getpid(), ch, child_out, lambda line: None)
-            finally:
-                checked.set()
-            _demo.step_pipe(2, os.getpid(), ch, child_out, lambda line: None)
-            _demo.step_socket(3, os.getpid(), ch, child_out, lambda line: None)
-    finally:
-        checked.set()
-        child.join(30)
-        os.close(w)
+    with open(r) as child_out:
+        try:
+            with FDChannel(ours) as ch:
+                try:
+                    _demo.step_file(1, os.getpid(), ch, child_out, lambda line: None)
+                finally:
+                    checked.set()
+                _demo.step_pipe(2, os.getpid(), ch, child_out, lambda line: None)
+                _demo.step_socket(3, os.getpid(), ch, child_out, lambda line: None)
+        finally:  # the child ends at the end of the stream, after its last report
+            checked.set()
+            child.join(30)
+            os.close(w)
     assert not child.is_alive() and len(lines) == 4
 
 
