@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import fdpass
+import fdpass._engine
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
 
@@ -27,6 +28,14 @@ def open_fds() -> dict[int, str]:
         except FileNotFoundError:
             continue
     return found
+
+
+def wait_for_discards(timeout: float = 30.0) -> bool:
+    """Wait until fdpass has closed every descriptor it discarded, where an
+    engine hands them to a closer thread; True when it has (at once for an
+    engine that closes them itself)."""
+    wait = getattr(fdpass._engine, "wait_for_discards", None)
+    return True if wait is None else bool(wait(timeout))
 
 
 def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
