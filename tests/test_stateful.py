@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional, TypeVar, Union
 
 import pytest
-from hypothesis import Phase, note, settings
+from hypothesis import Phase, event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test,
@@ -43,7 +43,7 @@ OPTIONS = {"SO_PASSCRED": SO_PASSCRED, "SO_PASSPIDFD": SO_PASSPIDFD}
 
 #: At most this many messages wait in the socket: plenty for interleaving,
 #: far below any socket buffer or in-flight limit.
-MAX_QUEUED = 4
+MAX_QUEUED = 6
 
 T = TypeVar("T")
 Outcome = Union[T, Exception]
@@ -70,6 +70,18 @@ KINDS = {
 }
 NAMES = sorted(KINDS)
 FILE_MODES: list[Optional[str]] = [None, "rb", "wb", "ab", "r+b", "r"]
+
+#: A message: its payload and its SCM_RIGHTS control messages, each a list
+#: of pool names.  Most messages carry none or exactly one descriptor, as
+#: most receive calls want, and the rest anything up to 3 x 4.
+Message = tuple[bytes, list[list[str]]]
+MESSAGES: st.SearchStrategy[Message] = st.tuples(
+    st.binary(min_size=1, max_size=12),
+    st.one_of(
+        st.sampled_from([[], [[]]]),
+        st.sampled_from(NAMES).map(lambda name: [[name]]),
+        st.lists(st.lists(st.sampled_from(NAMES), max_size=4), max_size=3),
+    ))
 
 
 def file_opens(kind: Kind, mode: Optional[str]) -> bool:
@@ -199,9 +211,9 @@ class ReceivePath(RuleBasedStateMachine):
     # -- the peer ---------------------------------------------------------
 
     @precondition(lambda self: len(self.queue) < MAX_QUEUED)
-    @rule(payload=st.binary(min_size=1, max_size=12),
-          groups=st.lists(st.lists(st.sampled_from(NAMES), max_size=4), max_size=3))
-    def send(self, payload: bytes, groups: list[list[str]]) -> None:
+    @rule(message=MESSAGES)
+    def send(self, message: Message) -> None:
+        payload, groups = message
         if self.stream:
             # Bytes of consecutive messages merge on a stream: one byte each
             # keeps every message boundary a byte boundary.
@@ -209,6 +221,13 @@ class ReceivePath(RuleBasedStateMachine):
         raw_send(self.peer, payload, *[[self.pool.fds[name] for name in g] for g in groups])
         self.queue.append(Sent(payload, [name for g in groups for name in g],
                                any(self.options.values())))
+
+    @precondition(lambda self: len(self.queue) <= MAX_QUEUED - 3)
+    @rule(messages=st.lists(MESSAGES, min_size=2, max_size=3))
+    def send_several(self, messages: list[Message]) -> None:
+        """Messages queued together, for reads that may take more than one."""
+        for message in messages:
+            self.send(message)
 
     @rule(option=st.sampled_from(sorted(OPTIONS)), on=st.booleans())
     def set_option(self, option: str, on: bool) -> None:
@@ -244,6 +263,7 @@ class ReceivePath(RuleBasedStateMachine):
                 break
             taken.append(self.queue.popleft())
         note(f"next messages: {[(s.payload, s.names) for s in taken]}")
+        event(f"a stream read takes {len(taken)} messages")
         return taken
 
     def check_fds(self, call: str, fds: list[int], names: list[str]) -> None:
@@ -251,12 +271,14 @@ class ReceivePath(RuleBasedStateMachine):
         inheritable = [fd for fd in fds if os.get_inheritable(fd)]
         close_all(fds)
         note(f"{call} returned {got}")
+        event(f"{call.split('(')[0]}: {len(fds)} descriptors")
         assert got == names, f"{call} returned {got}, the peer sent {names}"
         assert not inheritable, f"{call} returned inheritable descriptors {inheritable}"
 
     def check_error(self, call: str, outcome: object, kind: type[Exception],
                     errnum: Optional[int] = None) -> None:
         note(f"{call} -> {outcome!r}")
+        event(f"{call.split('(')[0]}: {kind.__name__}")
         if not isinstance(outcome, Exception):
             release(outcome)
         assert isinstance(outcome, kind), f"{call} returned {outcome!r}, not {kind.__name__}"
@@ -323,6 +345,7 @@ class ReceivePath(RuleBasedStateMachine):
         with outcome:
             got = self.pool.name_of(outcome.fileno())
         note(f"{call} returned {outcome!r} on {got}")
+        event("recv_file: a file")
         assert got == sent.names[0], f"{call} opened {got}, the peer sent {sent.names}"
 
     @precondition(lambda self: self.queue)
@@ -339,6 +362,7 @@ class ReceivePath(RuleBasedStateMachine):
         assert isinstance(outcome, socket.socket), f"recv_socket() -> {outcome!r}"
         with outcome:
             got = self.pool.name_of(outcome.fileno())
+        event("recv_socket: a socket")
         assert got == sent.names[0], f"recv_socket() took {got}, the peer sent {sent.names}"
 
     @precondition(lambda self: self.queue)
@@ -398,7 +422,7 @@ MACHINES: dict[str, type[ReceivePath]] = {
 def test_hostile_peer_against_every_receive_call(kind: str) -> None:
     run_state_machine_as_test(
         MACHINES[kind], settings=settings(
-            max_examples=60, stateful_step_count=30, deadline=None,
+            max_examples=100, stateful_step_count=40, deadline=None,
             # Explaining a failure costs minutes on a machine this size.
             phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink]))
 
