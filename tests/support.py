@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+import io
 import os
 import socket
 import subprocess
@@ -10,6 +11,10 @@ import sys
 
 import fdpass
 import fdpass._engine
+
+#: Linux's numbers, for Pythons whose socket module lacks the names.
+SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
+SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
 
@@ -47,6 +52,28 @@ def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def received_fds(outcome: object) -> list[int]:
+    """The descriptors a receive call handed out: an int (-1: none), a list,
+    recv_message's (data, fds), or a file or socket object that owns one."""
+    if isinstance(outcome, int):
+        return [outcome] if outcome >= 0 else []
+    if isinstance(outcome, list):
+        return outcome
+    if isinstance(outcome, tuple):
+        return list(outcome[1])
+    if isinstance(outcome, (io.IOBase, socket.socket)):
+        return [outcome.fileno()]
+    raise AssertionError(f"a receive call returned {outcome!r}")
+
+
+def release(outcome: object) -> None:
+    """Close what a receive call handed out."""
+    if isinstance(outcome, (io.IOBase, socket.socket)):
+        outcome.close()
+    else:
+        close_all(received_fds(outcome))
 
 
 def same_file(a: int, b: int) -> bool:

@@ -11,7 +11,6 @@ without MSG_CTRUNC: the descriptors did all arrive."""
 from __future__ import annotations
 
 import errno
-import io
 import itertools
 import os
 import resource
@@ -23,10 +22,10 @@ import pytest
 
 import fdpass
 from fdpass import FDChannel, ProtocolError
-from support import close_all, open_fds, raw_send, same_file, wait_for_discards
-
-SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
-SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
+from support import (
+    SO_PASSCRED, SO_PASSPIDFD, open_fds, raw_send, received_fds, release, same_file,
+    wait_for_discards,
+)
 
 OPTIONS = {
     "plain": (),
@@ -65,27 +64,6 @@ def receive(call: str, rx: FDChannel) -> object:
     if call == "recv_socket":
         return rx.recv_socket()
     return fdpass.recv(rx.fileno())
-
-
-def received_fds(outcome: object) -> list[int]:
-    """The descriptors a successful call handed out (its objects still own them)."""
-    if isinstance(outcome, int):
-        return [outcome] if outcome >= 0 else []
-    if isinstance(outcome, list):
-        return outcome
-    if isinstance(outcome, tuple):
-        return list(outcome[1])
-    if isinstance(outcome, (io.IOBase, socket.socket)):
-        return [outcome.fileno()]
-    raise AssertionError(f"a receive call returned {outcome!r}")
-
-
-def release(outcome: object) -> None:
-    """Close what a receive call handed out."""
-    if isinstance(outcome, (io.IOBase, socket.socket)):
-        outcome.close()
-    else:
-        close_all([fd for fd in received_fds(outcome) if fd >= 0])
 
 
 @pytest.fixture

@@ -35,10 +35,10 @@ from hypothesis.stateful import (
 
 import fdpass
 from fdpass import FDChannel, ProtocolError
-from support import close_all, open_fds, raw_send, wait_for_discards
+from support import (
+    SO_PASSCRED, SO_PASSPIDFD, close_all, open_fds, raw_send, release, wait_for_discards,
+)
 
-SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
-SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
 OPTIONS = {"SO_PASSCRED": SO_PASSCRED, "SO_PASSPIDFD": SO_PASSPIDFD}
 
 #: At most this many messages wait in the socket: plenty for interleaving,
@@ -123,18 +123,6 @@ def attempt(call: Callable[[], T]) -> Outcome[T]:
         return call()
     except Exception as exc:  # the outcome is checked against the model
         return exc
-
-
-def release(outcome: object) -> None:
-    """Close whatever a receive call handed out, when it was not expected."""
-    if isinstance(outcome, int) and outcome >= 0:
-        os.close(outcome)
-    elif isinstance(outcome, list):
-        close_all(outcome)
-    elif isinstance(outcome, tuple):
-        close_all(outcome[1])
-    elif isinstance(outcome, (io.IOBase, socket.socket)):
-        outcome.close()
 
 
 class Pool:
