@@ -4,6 +4,7 @@ foreign peers the interop tests run."""
 from __future__ import annotations
 
 import array
+import io
 import os
 import shutil
 import socket
@@ -16,6 +17,11 @@ from pathlib import Path
 import pytest
 
 import fdpass
+import fdpass._engine
+
+#: Linux's numbers, for Pythons whose socket module lacks the names.
+SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
+SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
 
@@ -36,6 +42,14 @@ def open_fds() -> dict[int, str]:
     return found
 
 
+def wait_for_discards(timeout: float = 30.0) -> bool:
+    """Wait until fdpass has closed every descriptor it discarded, where an
+    engine hands them to a closer thread; True when it has (at once for an
+    engine that closes them itself)."""
+    wait = getattr(fdpass._engine, "wait_for_discards", None)
+    return True if wait is None else bool(wait(timeout))
+
+
 def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
     """Send like a hostile peer: any payload, one SCM_RIGHTS message a group."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds)) for fds in groups]
@@ -45,6 +59,28 @@ def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
 def close_all(fds: list[int]) -> None:
     for fd in fds:
         os.close(fd)
+
+
+def received_fds(outcome: object) -> list[int]:
+    """The descriptors a receive call handed out: an int (-1: none), a list,
+    recv_message's (data, fds), or a file or socket object that owns one."""
+    if isinstance(outcome, int):
+        return [outcome] if outcome >= 0 else []
+    if isinstance(outcome, list):
+        return outcome
+    if isinstance(outcome, tuple):
+        return list(outcome[1])
+    if isinstance(outcome, (io.IOBase, socket.socket)):
+        return [outcome.fileno()]
+    raise AssertionError(f"a receive call returned {outcome!r}")
+
+
+def release(outcome: object) -> None:
+    """Close what a receive call handed out."""
+    if isinstance(outcome, (io.IOBase, socket.socket)):
+        outcome.close()
+    else:
+        close_all(received_fds(outcome))
 
 
 def same_file(a: int, b: int) -> bool:
