@@ -10,8 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import fdpass
-from fdpass._engine import wait_for_discards
-from support import open_fds
+from support import open_fds, wait_for_discards
 
 SOCKET_TYPES = {
     "stream": socket.SOCK_STREAM,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import fdpass
-import fdpass._engine
+from fdpass._engine import wait_for_discards as wait_for_discards  # for the tests
 
 #: Linux's numbers, for Pythons whose socket module lacks the names.
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
@@ -40,14 +40,6 @@ def open_fds() -> dict[int, str]:
         except FileNotFoundError:
             continue
     return found
-
-
-def wait_for_discards(timeout: float = 30.0) -> bool:
-    """Wait until fdpass has closed every descriptor it discarded, where an
-    engine hands them to a closer thread; True when it has (at once for an
-    engine that closes them itself)."""
-    wait = getattr(fdpass._engine, "wait_for_discards", None)
-    return True if wait is None else bool(wait(timeout))
 
 
 def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
@@ -100,10 +92,6 @@ def python_child(code: str, *args: str) -> subprocess.Popen[str]:
     use it in a with block, which closes the pipe and reaps the child."""
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             text=True, cwd=PACKAGE_ROOT)
-
-
-#: Linux's SO_PASSPIDFD (6.5), which Python's socket module may not name.
-SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
 
 
 class Lingering:

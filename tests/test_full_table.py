@@ -137,7 +137,7 @@ def test_receive_with_a_full_descriptor_table(
     with FDChannel(sock, closefd=False) as rx:
         for free, count in itertools.product([0, 1, 2], [1, 2, 3, 8]):
             where = f"{call} with {free} free slots, {count} descriptors"
-            assert wait_for_discards(), "fdpass's closer thread is stuck"
+            assert wait_for_discards(30), "fdpass's closer thread is stuck"
             before = open_fds()
             raw_send(peer, b"\0", [sent] * count)
             raw_send(peer, b"\0", [marker])
@@ -148,7 +148,7 @@ def test_receive_with_a_full_descriptor_table(
                 assert same_file(fd, marker), f"{where}: the next message is out of step"
             finally:
                 os.close(fd)
-            assert wait_for_discards(), "fdpass's closer thread is stuck"
+            assert wait_for_discards(30), "fdpass's closer thread is stuck"
             after = open_fds()
             assert after == before, f"{where}: leaked " + repr(
                 {fd: what for fd, what in after.items() if before.get(fd) != what})

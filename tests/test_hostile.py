@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 
 import fdpass
 from fdpass import FDChannel, ProtocolError
-from fdpass._engine import wait_for_discards
-from support import close_all, open_fds, raw_send, same_file
+from support import close_all, open_fds, raw_send, same_file, wait_for_discards
 
 
 @pytest.fixture

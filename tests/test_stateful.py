@@ -183,13 +183,13 @@ class ReceivePath(RuleBasedStateMachine):
         self.channel = FDChannel(self.sock, closefd=False)
         self.options = {name: False for name in OPTIONS}
         self.queue: deque[Sent] = deque()
-        assert wait_for_discards(), "fdpass's closer thread is stuck"
+        assert wait_for_discards(30), "fdpass's closer thread is stuck"
         self.baseline = open_fds()
 
     def teardown(self) -> None:
         # What leaked has failed this example already (nothing_leaks): close
         # it, lest the examples after it run with a filling table.
-        assert wait_for_discards(), "fdpass's closer thread is stuck"
+        assert wait_for_discards(30), "fdpass's closer thread is stuck"
         close_all([fd for fd in open_fds() if fd not in self.baseline])
         self.channel.close()
         self.peer.close()
@@ -386,7 +386,7 @@ class ReceivePath(RuleBasedStateMachine):
 
     @invariant()
     def nothing_leaks(self) -> None:
-        assert wait_for_discards(), "fdpass's closer thread is stuck"
+        assert wait_for_discards(30), "fdpass's closer thread is stuck"
         now = open_fds()
         extra = {fd: what for fd, what in now.items() if self.baseline.get(fd) != what}
         missing = {fd: what for fd, what in self.baseline.items() if fd not in now}
