@@ -24,6 +24,7 @@ def child(fd: int) -> int:
         with ch.recv_file() as f:  # mode from the descriptor: r+b
             first = f.read().decode()
             f.write(f"and the child (pid {me}) appended this line\n".encode())
+            f.flush()  # before the report: on it, the parent reads the file
             report(f"got fd {f.name}, a regular file opened {f.mode!r}; "
                    f"read {first.strip()!r}, appended a line")
 
