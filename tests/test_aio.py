@@ -781,9 +781,11 @@ def test_accept_out_of_descriptors_is_reported_and_retried(
     run.errors.clear()
 
 
-def full_backlog(path: Path) -> tuple[socket.socket, list[socket.socket]]:
-    """A listener at path that accepts nothing, and the connections that
+@pytest.fixture
+def full_backlog(tmp_path: Path) -> Iterator[tuple[Path, socket.socket, list[socket.socket]]]:
+    """A listener that accepts nothing, at a path, and the connections that
     filled its backlog: the next connect would wait."""
+    path = tmp_path / "s"
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(0)
@@ -795,13 +797,17 @@ def full_backlog(path: Path) -> tuple[socket.socket, list[socket.socket]]:
             client.connect(str(path))
         except BlockingIOError:
             client.close()
-            return listener, queued
+            break
         queued.append(client)
+    with listener:
+        yield path, listener, queued
+    for client in queued:
+        client.close()
 
 
-def test_open_channel_waits_while_the_backlog_is_full(run: Runner, tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    listener, queued = full_backlog(path)
+def test_open_channel_waits_while_the_backlog_is_full(
+        run: Runner, full_backlog: tuple[Path, socket.socket, list[socket.socket]]) -> None:
+    path, listener, queued = full_backlog
 
     async def main() -> None:
         opening = asyncio.ensure_future(aio.open_channel(path))
@@ -820,31 +826,19 @@ def test_open_channel_waits_while_the_backlog_is_full(run: Runner, tmp_path: Pat
                 assert same_file(fd, 0)
                 os.close(fd)
 
-    try:
-        run(main())
-    finally:
-        for client in queued:
-            client.close()
-        listener.close()
+    run(main())
 
 
-def test_open_channel_cancelled_while_the_backlog_is_full(run: Runner, tmp_path: Path) -> None:
-    path = tmp_path / "s"
-    listener, queued = full_backlog(path)
-
+def test_open_channel_cancelled_while_the_backlog_is_full(
+        run: Runner, full_backlog: tuple[Path, socket.socket, list[socket.socket]]) -> None:
     async def main() -> None:
-        opening = asyncio.ensure_future(aio.open_channel(path))
+        opening = asyncio.ensure_future(aio.open_channel(full_backlog[0]))
         await asyncio.sleep(0.05)
         opening.cancel()
         with pytest.raises(asyncio.CancelledError):
             await opening
 
-    try:
-        run(main())
-    finally:
-        for client in queued:
-            client.close()
-        listener.close()
+    run(main())
 
 
 def test_serve_forever_on_a_closed_server_raises(run: Runner, tmp_path: Path) -> None:
