@@ -16,8 +16,8 @@ from posix.uio cimport iovec
 
 from fdpass._posix cimport (
     AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
-    FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_HAVE_MSG_DONTWAIT, FDPASS_MAX_FDS,
-    FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_SCM_PIDFD, FDPASS_SO_DOMAIN,
+    FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_HAVE_MSG_DONTWAIT,
+    FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_SCM_PIDFD, FDPASS_SO_DOMAIN,
     FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS,
     SOL_SOCKET, SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt,
     msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
@@ -299,6 +299,8 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
             count = (length - (data - <unsigned char *>cmsg)) // sizeof(int)
             for i in range(count):
                 memcpy(&fd, data + i * sizeof(int), sizeof(int))
+                if fd < 0:  # SCM_PIDFD's -errno: no pidfd could be made
+                    continue
                 if FDPASS_MSG_CMSG_CLOEXEC == 0:
                     fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
                 if rights and taken < maxfds:
