@@ -138,15 +138,20 @@ def checker(original: int) -> Callable[[int], None]:
     return check
 
 
+def release(fd: int, i: int, check: Callable[[int], None]) -> None:
+    """Close fd, the ith received one-descriptor message of a phase;
+    every CHECK_EVERY, check it first."""
+    try:
+        if i % CHECK_EVERY == 0:
+            check(fd)
+    finally:
+        os.close(fd)
+
+
 def take_single(rx: FDChannel, n: int, check: Callable[[int], None]) -> int:
-    recv_fd, close = rx.recv_fd, os.close
+    recv_fd = rx.recv_fd
     for i in range(n):
-        fd = recv_fd()
-        try:
-            if i % CHECK_EVERY == 0:
-                check(fd)
-        finally:
-            close(fd)
+        release(recv_fd(), i, check)
     return n
 
 
@@ -275,14 +280,8 @@ async def send_async(tx: AsyncFDChannel, fd: int, total: int) -> int:
 
 async def take_async(recv_fd: Callable[[], Awaitable[int]], n: int,
                      check: Callable[[int], None]) -> int:
-    close = os.close
     for i in range(n):
-        fd = await recv_fd()
-        try:
-            if i % CHECK_EVERY == 0:
-                check(fd)
-        finally:
-            close(fd)
+        release(await recv_fd(), i, check)
     return n
 
 

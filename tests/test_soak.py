@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from fdpass import _soak
+from fdpass.aio import AsyncFDChannel
 from support import run_python
 
 COUNT = 20_000
@@ -42,6 +44,51 @@ def test_another_file_fails_the_check(pipe: tuple[int, int],
     other = stream[0].fileno()
     with pytest.raises(_soak.SoakError, match=f"received descriptor {other} is not the one sent"):
         check(other)
+
+
+def failing_sizes(count: int, warmup: int, per: int) -> Iterator[int]:
+    yield from [1] * 100
+    raise RuntimeError("the sender broke")
+
+
+@pytest.mark.parametrize("mode", _soak.MODES)
+def test_a_failing_sender_fails_the_soak(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sender fails after 100 descriptors: the soak says so at once,
+    rather than wait for the rest."""
+    monkeypatch.setattr(_soak, "message_sizes", failing_sizes)
+    send_fd = AsyncFDChannel.send_fd
+    sent = 0
+
+    async def failing_send_fd(channel: AsyncFDChannel, f: int) -> None:
+        nonlocal sent
+        sent += 1
+        if sent > 100:
+            raise RuntimeError("the sender broke")
+        await send_fd(channel, f)
+
+    monkeypatch.setattr(AsyncFDChannel, "send_fd", failing_send_fd)
+    with pytest.raises(_soak.SoakError, match="the sender failed") as failed:
+        _soak.soak(mode, COUNT, 0)
+    assert str(failed.value.__cause__) == "the sender broke"
+
+
+@pytest.mark.parametrize("mode", _soak.MODES)
+def test_a_failing_receiver_stops_the_sender(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The third check fails: the soak raises its error, and the sender,
+    blocked on a full socket or not, stops (the test would hang if not)."""
+    def checker(fd: int) -> Callable[[int], None]:
+        checks = 0
+
+        def check(received: int) -> None:
+            nonlocal checks
+            checks += 1
+            if checks == 3:
+                raise _soak.SoakError("the third check failed")
+        return check
+
+    monkeypatch.setattr(_soak, "checker", checker)
+    with pytest.raises(_soak.SoakError, match="the third check failed"):
+        _soak.soak(mode, COUNT, 0)
 
 
 def test_bad_arguments() -> None:
