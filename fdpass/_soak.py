@@ -44,8 +44,6 @@ TIMEOUT = 60.0
 #: The RSS growth (KiB) the command still calls flat.
 MAX_GROWTH_KIB = 16 * 1024
 
-_PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
-
 
 class SoakError(Exception):
     """The soak saw something wrong: a wrong descriptor, a wrong count."""
@@ -56,7 +54,7 @@ class Sample:
     """One reading of this process."""
 
     fds: int          # open descriptors, the listing's own not counted
-    rss_kib: int      # resident now (/proc/self/statm)
+    rss_kib: int      # resident now (VmRSS in /proc/self/status)
     maxrss_kib: int   # the most resident so far (getrusage)
     at: float         # time.perf_counter()
 
@@ -64,8 +62,10 @@ class Sample:
 def sample() -> Sample:
     wait_for_discards(TIMEOUT)  # what fdpass discarded is closed: count it as closed
     fds = len(os.listdir("/proc/self/fd")) - 1
-    with open("/proc/self/statm") as statm:
-        rss_kib = int(statm.read().split()[1]) * _PAGE_KIB
+    # Not /proc/self/statm: Linux 6.x reads its per-CPU counters without
+    # summing them, and it lags VmRSS by up to a few hundred KiB.
+    with open("/proc/self/status") as status:
+        rss_kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
     maxrss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return Sample(fds, rss_kib, maxrss_kib, time.perf_counter())
 
@@ -203,14 +203,21 @@ def sender_failed(receiving: BaseException, sender: BaseException | None) -> Non
 
 
 class Sender(threading.Thread):
-    """Sends fd in messages of sizes; on failure, closes tx, so that the
-    receiver reads the end of the stream rather than wait."""
+    """Sends fd in messages of sizes, then lives on until released (a
+    thread's exit touches some 60 KiB, which is no growth of the soak's);
+    on failure, closes tx, so that the receiver reads the end of the stream
+    rather than wait."""
 
     def __init__(self, tx: FDChannel, fd: int, sizes: Iterator[int]) -> None:
         super().__init__(name="fdpass-soak-sender", daemon=True)
         self.tx, self.fd, self.sizes = tx, fd, sizes
         self.sent = 0
         self.error: BaseException | None = None
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+        self.join()
 
     def run(self) -> None:
         fd, full = self.fd, [self.fd] * BATCH
@@ -231,6 +238,7 @@ class Sender(threading.Thread):
                             raise
                         time.sleep(0.001)
                 self.sent += size
+            self.released.wait()
         except BaseException as exc:
             self.error = exc
             self.tx.close()
@@ -252,7 +260,7 @@ def soak_blocking(mode: str, count: int, warmup: int, fd: int) -> Run:
             for n in phases(count, warmup):
                 received += take(rx, n, check)
                 samples.append(sample())
-            sender.join()
+            sender.release()
             if sender.error is not None:
                 raise SoakError("the sender failed") from sender.error
             tx.close()
@@ -262,7 +270,7 @@ def soak_blocking(mode: str, count: int, warmup: int, fd: int) -> Run:
                 pass
         except BaseException as exc:
             rx.close()  # a sender still sending fails at once (BrokenPipeError)
-            sender.join()
+            sender.release()
             sender_failed(exc, sender.error)
             raise
     return samples, sender.sent, received
