@@ -138,7 +138,7 @@ def checker(original: int) -> Callable[[int], None]:
     return check
 
 
-def release(fd: int, i: int, check: Callable[[int], None]) -> None:
+def close_checked(fd: int, i: int, check: Callable[[int], None]) -> None:
     """Close fd, the ith received one-descriptor message of a phase;
     every CHECK_EVERY, check it first."""
     try:
@@ -151,7 +151,7 @@ def release(fd: int, i: int, check: Callable[[int], None]) -> None:
 def take_single(rx: FDChannel, n: int, check: Callable[[int], None]) -> int:
     recv_fd = rx.recv_fd
     for i in range(n):
-        release(recv_fd(), i, check)
+        close_checked(recv_fd(), i, check)
     return n
 
 
@@ -289,7 +289,7 @@ async def send_async(tx: AsyncFDChannel, fd: int, total: int) -> int:
 async def take_async(recv_fd: Callable[[], Awaitable[int]], n: int,
                      check: Callable[[int], None]) -> int:
     for i in range(n):
-        release(await recv_fd(), i, check)
+        close_checked(await recv_fd(), i, check)
     return n
 
 
