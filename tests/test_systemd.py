@@ -26,6 +26,10 @@ from fdpass import systemd
 from support import PACKAGE_ROOT
 
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
+# systemd-socket-activate gives its child a fresh environment: pass on what
+# a sanitizer run (tox -e sanitize) needs the child to keep.
+KEPT = [f"--setenv={name}" for name in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS",
+                                         "PYTHONMALLOC") if name in os.environ]
 SYSTEM_PYTHON = "/usr/bin/python3"  # where Debian's python3-systemd is installed
 
 # -- socket activation -------------------------------------------------------
@@ -66,7 +70,7 @@ def free_port() -> int:
 def test_listen_fds_under_systemd_socket_activate(tmp_path: Path) -> None:
     port, control = free_port(), str(tmp_path / "control.sock")
     command = [ACTIVATE, "-l", f"127.0.0.1:{port}", "-l", control, "--fdname=web:control",
-               sys.executable, "-c", ACTIVATED]
+               *KEPT, sys.executable, "-c", ACTIVATED]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=PACKAGE_ROOT) as activator:
         try:
@@ -355,7 +359,7 @@ def test_the_readme_recipe_stores_its_listener_and_finds_it_after_a_restart(
     assert receive(sock)[0] == b"READY=1"
     # Restart: the listener comes back by name (here from systemd-socket-activate).
     port = free_port()
-    command = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http", "-E",
+    command = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http", *KEPT, "-E",
                f"NOTIFY_SOCKET={value}", sys.executable, "-c", RECIPE]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=PACKAGE_ROOT) as activator:
