@@ -176,6 +176,7 @@ def test_arguments_open_would_refuse_consume_nothing(
     pair: Pair, data_file: Path, kwargs: dict[str, object], exception: type[Exception], words: str
 ) -> None:
     tx, rx = pair
+    rx.settimeout(5)  # a consumed message fails the test rather than hang it
     send_opened(tx, data_file, os.O_RDWR)
     with pytest.raises(exception, match=words):
         rx.recv_file(**kwargs)  # type: ignore[call-overload]

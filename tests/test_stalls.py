@@ -11,11 +11,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import fdpass
 from fdpass import FDChannel, ProtocolError
+from fdpass import aio
 from fdpass.aio import AsyncFDChannel
 from support import Lingering, raw_send, same_file
 
@@ -72,13 +74,16 @@ RECEIVES: dict[str, Callable[[FDChannel], object]] = {
 }
 
 
+@pytest.mark.parametrize("before", [1, 40], ids=["second", "beyond-a-small-buffer"])
 @pytest.mark.parametrize("call", sorted(RECEIVES))
 def test_an_extra_descriptor_is_discarded_without_waiting(
         sockets: tuple[socket.socket, socket.socket], lingering: Callable[[], Lingering],
-    call: str) -> None:
+        call: str, before: int) -> None:
+    # With 40 before it, a control buffer sized for the call would have the
+    # kernel drop it inside recvmsg, in this thread, holding the GIL.
     peer, mine = sockets
     with FDChannel(mine, closefd=False) as rx:
-        attach(peer, lingering(), b"\0", [0])
+        attach(peer, lingering(), b"\0", [0] * before)
         assert timed(lambda: RECEIVES[call](rx)) < PROMPT
         assert_closing_off_thread()
         raw_send(peer, b"\0", [1])  # and the channel is in step
@@ -156,3 +161,24 @@ def test_the_event_loop_runs_on_while_discards_close(
         return elapsed
 
     assert asyncio.run(main()) < PROMPT
+
+
+def test_closing_a_server_with_an_unaccepted_connection_stalls_nothing(
+        tmp_path: Path, lingering: Callable[[], Lingering]) -> None:
+    # A connection the server never accepted holds a lingering socket in its
+    # queue: closing the listener closes that too, on the closer thread.
+    path = tmp_path / "s"
+
+    async def main() -> float:
+        server = await aio.start_server(lambda channel: channel.recv_fd(), path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))  # in the backlog, never accepted
+            attach(client, lingering(), b"\0", [])
+            start = time.monotonic()
+            server.close()
+            elapsed = time.monotonic() - start
+            await server.wait_closed()
+        return elapsed
+
+    assert asyncio.run(main()) < PROMPT
+    assert_closing_off_thread()

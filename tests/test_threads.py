@@ -71,14 +71,18 @@ def test_close_wakes_a_waiting_receive_which_raises(
         # has something; it must not take it.
         b.send(b"\0")
     theirs, new = newcomer()
+    start = time.monotonic()
     waiter.join(10)
     assert not waiter.is_alive()
+    assert time.monotonic() - start < 2.0  # woken at once, not by its own timeout
     assert len(raised) == 1 and isinstance(raised[0], ValueError)
     assert "closed" in str(raised[0])
     assert_untouched(new)
     assert rx.closed and rx.fileno() == -1
     if closefd:
         assert a.fileno() == -1
+    else:  # the woken call took nothing from the socket
+        assert a.recv(1, socket.MSG_DONTWAIT) == b"\0"
     a.close()
     b.close()
 
@@ -102,6 +106,7 @@ def test_a_woken_call_never_uses_a_number_reused_since(
     b.send(b"\0")  # wakes the old call
     waiter.join(10)
     assert len(raised) == 1 and isinstance(raised[0], ValueError)
+    theirs.settimeout(5)  # fail, not hang, if the old call took it
     with FDChannel(theirs, closefd=False) as ch:
         got = ch.recv_fd()  # still there: the old call did not take it
         assert same_file(got, 0)
