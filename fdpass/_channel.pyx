@@ -229,11 +229,18 @@ cdef class FDChannel:
             raise_os_error(errno, f"closing descriptor {fd}")
         return 0
 
+    cdef inline int _wait_flags(self, double timeout) noexcept:
+        """How a call that would block waits: a blocking one with closefd
+        inside the syscall, which close() wakes by shutting the socket down;
+        any other in poll (MSG_DONTWAIT), which close() can cut short
+        without the call taking anything from a socket that is not its own."""
+        return MSG_DONTWAIT if timeout >= 0 or not self._closefd else 0
+
     cdef int _send(self, int sock, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
         cdef int err = 0
         cdef size_t sent = 0
-        if send_message(sock, fds, nfds, data, length, MSG_DONTWAIT if timeout >= 0 else 0,
+        if send_message(sock, fds, nfds, data, length, self._wait_flags(timeout),
                         timeout, &self._stop, &err, &sent) < 0:
             raise_send_error(err, sock, fds, nfds, sent, self._type, self._connected)
         return 0
@@ -241,9 +248,8 @@ cdef class FDChannel:
     cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
                    int maxfds, int flags, Received *r) except -1:
         cdef int err = 0
-        if recv_message_into(sock, buf, buflen, fds, maxfds,
-                             flags | (MSG_DONTWAIT if timeout >= 0 else 0), timeout,
-                             &self._stop, r, &err) < 0:
+        if recv_message_into(sock, buf, buflen, fds, maxfds, flags | self._wait_flags(timeout),
+                             timeout, &self._stop, r, &err) < 0:
             raise_os_error(err, None)
         return 0
 

@@ -163,26 +163,23 @@ cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) 
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                          double timeout, double deadline, const int *stop,
                          int *err) except -2:
-    """sendmsg/recvmsg in the PEP 475 loop.  Every try is non-blocking and
-    keeps the GIL (it cannot wait, and releasing the GIL costs more than the
-    call); a call that would block waits in poll with the GIL released, for
-    ever when timeout < 0, else while the timeout allows (until deadline
-    when it is > 0), and tries again.  A channel's call never waits inside
-    sendmsg/recvmsg, so one woken by close() from another thread sees *stop
-    before it would touch the socket again.  Flags without MSG_DONTWAIT and
-    a timeout of 0 ask for the descriptor's own behaviour (the functional
-    API): a blocking descriptor blocks in the syscall, the GIL released, as
-    it does everywhere without MSG_DONTWAIT.  EINTR is retried unless a
-    signal handler raised.  -1 with err set on failure (ETIMEDOUT for a
-    timeout, FDPASS_ECLOSED when *stop was set while the call waited)."""
+    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
+    and keeps the GIL (it cannot wait, and releasing the GIL costs more than
+    the call); only a call that would block waits with the GIL released:
+    inside the syscall when flags lack MSG_DONTWAIT (the descriptor's own
+    behaviour), else in poll, for ever when timeout < 0, else while the
+    timeout allows (until deadline when it is > 0).  A call that waits in
+    poll and is woken by close() from another thread (*stop set) never
+    touches the socket again.  EINTR is retried unless a signal handler
+    raised.  -1 with err set on failure (ETIMEDOUT for a timeout,
+    FDPASS_ECLOSED when *stop was set while the call waited)."""
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
         if FDPASS_HAVE_MSG_DONTWAIT:
             n = raw_call(writing, sock, msg, flags | MSG_DONTWAIT)
             saved = errno
-            if (n < 0 and FDPASS_WOULD_BLOCK(saved) and timeout == 0
-                    and not flags & MSG_DONTWAIT):
+            if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
                 with nogil:
                     n = raw_call(writing, sock, msg, flags)
                     saved = errno
