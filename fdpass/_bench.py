@@ -130,7 +130,7 @@ class Channel(Implementation):
         return True
 
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
-        ch = fdpass.FDChannel(sock, closefd=False)
+        ch = fdpass.FDChannel(sock)  # the default: closefd (never closed here)
         s, read = sock.fileno(), os.read
         if w.reply:
             send_fd = ch.send_fd
@@ -147,7 +147,7 @@ class Channel(Implementation):
                 send_fds(fds)
 
     def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
-        ch = fdpass.FDChannel(sock, closefd=False)
+        ch = fdpass.FDChannel(sock)  # the default: closefd (never closed here)
         s, close, write = sock.fileno(), os.close, os.write
         if w.convert:
             convert = ch.recv_file if w.convert == "file" else ch.recv_socket
