@@ -7,6 +7,7 @@ kilobyte each is 20 MiB), not a slow allocator."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from support import run_python
 COUNT = 20_000
 WARMUP = 2_000
 MAX_GROWTH_KIB = 16 * 1024
+#: Under AddressSanitizer (tox -e sanitize) freed memory waits in its
+#: quarantine: RSS grows by design there, and only descriptors are counted.
+SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
 @pytest.mark.parametrize("mode", _soak.MODES)
@@ -27,8 +31,9 @@ def test_soak_stays_flat(mode: str) -> None:
     result = _soak.soak(mode, COUNT, WARMUP)
     assert result.sent == result.received == WARMUP + COUNT
     assert result.before.fds == result.middle.fds == result.after.fds
-    assert result.rss_growth_kib < MAX_GROWTH_KIB, result.line()
-    assert result.flat(MAX_GROWTH_KIB)
+    if not SANITIZED:
+        assert result.rss_growth_kib < MAX_GROWTH_KIB, result.line()
+        assert result.flat(MAX_GROWTH_KIB)
 
 
 def test_batches_end_on_each_phase() -> None:
