@@ -38,8 +38,6 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_CTRUNC
         MSG_TRUNC
         MSG_DONTWAIT
-        SHUT_RD
-        SHUT_WR
         SHUT_RDWR
 
     ssize_t sendmsg(int sockfd, const msghdr *msg, int flags)
@@ -79,7 +77,6 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_SO_NOSIGPIPE
         FDPASS_SO_DOMAIN
         FDPASS_MAX_FDS
-        FDPASS_CRED_SPACE
         FDPASS_CONTROL_MAX
         FDPASS_CONTROL_INTS
         FDPASS_O_PATH
@@ -87,7 +84,6 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_SCM_PIDFD
 
     const char *FDPASS_CLOEXEC_METHOD
-    size_t FDPASS_RIGHTS_SPACE(size_t nfds)
     bint FDPASS_WOULD_BLOCK(int err)
     int fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
 
