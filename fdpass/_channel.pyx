@@ -176,6 +176,8 @@ cdef class FDChannel:
         """Whether the channel is open.  A socket closed elsewhere (its number
         maybe another file's already) closes the channel, which then never
         touches that number."""
+        if self._fd < 0:
+            return False
         if self._owns(self._fd):
             return True
         self._fd = -1
@@ -183,7 +185,7 @@ cdef class FDChannel:
         return False
 
     cdef int _live_fd(self) except -1:
-        if self._fd < 0 or not self._wrapped_open():
+        if not self._wrapped_open():
             raise ValueError("I/O operation on closed channel")
         return self._fd
 
@@ -255,7 +257,7 @@ cdef class FDChannel:
 
     @property
     def closed(self):
-        return self._fd < 0 or not self._wrapped_open()
+        return not self._wrapped_open()
 
     @property
     def type(self):
