@@ -21,7 +21,7 @@ def _refuse_source_tree(package_dir: str) -> None:
 
 try:
     from fdpass._channel import MAX_FDS, FDChannel
-    from fdpass._credentials import Credentials
+    from fdpass._credentials import Credentials, Sender
     from fdpass._engine import CLOEXEC_METHOD
     from fdpass._functional import get_errno, recv, send
 except ModuleNotFoundError:
@@ -43,6 +43,7 @@ __all__ = [
     "MAX_FDS",
     "FDChannel",
     "ProtocolError",
+    "Sender",
     "__version__",
     "get_errno",
     "recv",

@@ -7,7 +7,7 @@ import platform
 import sys
 
 import fdpass
-from fdpass import _channel
+from fdpass import _channel, _features
 from fdpass._demo import DemoFailed, parent
 
 
@@ -18,6 +18,8 @@ def info() -> int:
     print(f"platform: {platform.system()} {platform.release()} {platform.machine()}")
     print(f"MAX_FDS: {fdpass.MAX_FDS}")
     print(f"close-on-exec: {fdpass.CLOEXEC_METHOD}")
+    for line in _features.describe():
+        print(line)
     return 0
 
 

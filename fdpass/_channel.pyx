@@ -6,28 +6,31 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.errno cimport EAFNOSUPPORT, EBADF, ENOTSOCK, errno
+from libc.errno cimport EAFNOSUPPORT, EBADF, EBADMSG, ENODATA, ENOPROTOOPT, ENOTSOCK, errno
 from libc.math cimport isnan
-from posix.fcntl cimport F_GETFL, O_NONBLOCK, fcntl
+from posix.fcntl cimport F_GETFD, F_GETFL, F_SETFD, FD_CLOEXEC, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, Received, as_fd, discard_fds, raise_os_error,
-    raise_recv_status, raise_send_error, recv_message_into, send_message,
-    unix_socket_type,
+    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Received, Sender, as_fd, discard_fds,
+    discard_received, raise_os_error, raise_recv_status, raise_send_error, recv_message_into,
+    send_message, unix_socket_type,
 )
 from fdpass._posix cimport (
-    FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM,
+    FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD,
+    FDPASS_SO_PASSRIGHTS, FDPASS_SO_PEERPIDFD, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM,
     SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, fdpass_peer_credentials, fdpass_socket_fd,
-    fdpass_socket_timeout, getpeername, setsockopt, shutdown, sockaddr, sockaddr_storage,
-    socklen_t,
+    fdpass_socket_timeout, getpeername, getsockopt, setsockopt, shutdown, sockaddr,
+    sockaddr_storage, socklen_t,
 )
 
 import os
 import socket as _socket
 
 from fdpass._credentials import Credentials
+from fdpass._credentials import Sender as SenderTuple
+from fdpass._errors import ProtocolError
 
 MAX_FDS = FDPASS_MAX_FDS
 
@@ -79,17 +82,57 @@ cdef Py_ssize_t check_maxfds(Py_ssize_t maxfds) except -1:
     return maxfds
 
 
+#: Set to anything but "" or "0", this environment variable makes refuse_fds
+#: close arriving descriptors at receipt even where the kernel could refuse
+#: them (SO_PASSRIGHTS): the path a kernel before 6.16 takes, for tests.
+REFUSAL_ENV = "FDPASS_NO_PASSRIGHTS"
+
+
+cdef int set_option(int fd, int option, int value, str name) except -1:
+    """setsockopt(SOL_SOCKET, option, value): 0, or 1 where the kernel or
+    the platform lacks the option (ENOPROTOOPT; option < 0)."""
+    cdef int rc, saved
+    if option < 0:
+        return 1
+    rc = setsockopt(fd, SOL_SOCKET, option, &value, sizeof(value))
+    saved = errno
+    if rc == 0:
+        return 0
+    if saved == ENOPROTOOPT:
+        return 1
+    raise_os_error(saved, f"setsockopt({name}) on descriptor {fd}")
+
+
+cdef bint refuse_in_kernel(int fd) except -1:
+    """Turn SO_PASSRIGHTS off on fd: whether the kernel now refuses
+    descriptors sent to it (the sender gets EPERM).  Decided by whether
+    the option works, never by kernel version or headers."""
+    if os.environ.get(REFUSAL_ENV, "") not in ("", "0"):
+        return False
+    return set_option(fd, FDPASS_SO_PASSRIGHTS, 0, "SO_PASSRIGHTS") == 0
+
+
+cdef int refused() except -1:
+    raise ValueError("this channel refuses descriptors (refuse_fds=True): it "
+                     "receives data, with recv_message")
+
+
 cdef class FDChannel:
     """Sends and receives open descriptors over an AF_UNIX socket
     (SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM).
 
     sock is a socket.socket, a descriptor number or an object with
-    fileno(); with closefd (as with open()), close() closes it too."""
+    fileno(); with closefd (as with open()), close() closes it too.
+    refuse_fds: the channel never takes a descriptor (the kernel refuses
+    them where it can, else they are closed at receipt).  passcred: the
+    kernel attests each message's sender, for recv_message_from."""
 
     cdef int _fd             # the socket's descriptor while open, else -1
     cdef int _type
     cdef bint _closefd
     cdef bint _connected     # had a peer when made (datagram: ENOTCONN means it left)
+    cdef bint _refuse        # refuse_fds: every descriptor that arrives is closed
+    cdef bint _passcred      # SO_PASSCRED set: recv_message_from may be called
     cdef Owner _kind
     cdef object _owner       # what was wrapped, closed by close() when closefd
     cdef double _timeout     # the channel's own timeout (not a socket.socket's); < 0 blocks
@@ -101,7 +144,7 @@ cdef class FDChannel:
         self._fd = -1
         self._held = -1
 
-    def __init__(self, sock, *, bint closefd=True):
+    def __init__(self, sock, *, bint closefd=True, bint refuse_fds=False, bint passcred=False):
         cdef int fd, sock_type, one = 1, family = 0, err = 0
         cdef sockaddr_storage peer
         cdef socklen_t length = sizeof(peer)
@@ -127,6 +170,13 @@ cdef class FDChannel:
         if FDPASS_SO_NOSIGPIPE >= 0 and setsockopt(
                 fd, SOL_SOCKET, FDPASS_SO_NOSIGPIPE, &one, sizeof(one)) < 0:
             raise_os_error(errno, f"setsockopt(SO_NOSIGPIPE) on descriptor {fd}")
+        if passcred:
+            if set_option(fd, FDPASS_SO_PASSCRED, 1, "SO_PASSCRED"):
+                raise_os_error(ENOPROTOOPT, "this platform has no per-message "
+                               "credentials (SO_PASSCRED)")
+            set_option(fd, FDPASS_SO_PASSPIDFD, 1, "SO_PASSPIDFD")  # else no pidfd: Linux < 6.5
+        if refuse_fds:
+            refuse_in_kernel(fd)
         if isinstance(sock, _socket.socket):
             self._kind = OWNER_SOCKET if SOCKET_HEAD else OWNER_SOCKET_METHODS
             self._timeout = -1.0
@@ -136,6 +186,8 @@ cdef class FDChannel:
         self._connected = getpeername(fd, <sockaddr *>&peer, &length) == 0
         self._owner = sock
         self._closefd = closefd
+        self._refuse = refuse_fds
+        self._passcred = passcred
         self._type = sock_type
         self._fd = fd
 
@@ -248,10 +300,10 @@ cdef class FDChannel:
         return 0
 
     cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
-                   int maxfds, int flags, Received *r) except -1:
+                   int maxfds, int flags, Received *r, Sender *sender) except -1:
         cdef int err = 0
         if recv_message_into(sock, buf, buflen, fds, maxfds, flags | self._wait_flags(timeout),
-                             timeout, &self._stop, r, &err) < 0:
+                             timeout, &self._stop, r, sender, &err) < 0:
             raise_os_error(err, None)
         return 0
 
@@ -366,12 +418,15 @@ cdef class FDChannel:
     def recv_fd(self):
         """Receive one message and return its one descriptor, now the caller's."""
         cdef double timeout
-        cdef int sock = self._begin(&timeout)
+        cdef int sock
         cdef int fd = -1
         cdef char byte
         cdef Received r
+        if self._refuse:
+            refused()
+        sock = self._begin(&timeout)
         try:
-            self._recv(sock, timeout, &byte, 1, &fd, 1, 0, &r)
+            self._recv(sock, timeout, &byte, 1, &fd, 1, 0, &r, NULL)
             if r.nfds == 0:
                 raise_recv_status(&r, 1, self._type)
         finally:
@@ -409,9 +464,11 @@ cdef class FDChannel:
         cdef char byte
         cdef Received r
         check_maxfds(maxfds)
+        if self._refuse:
+            refused()
         sock = self._begin(&timeout)
         try:
-            self._recv(sock, timeout, &byte, 1, fds, <int>maxfds, 0, &r)
+            self._recv(sock, timeout, &byte, 1, fds, <int>maxfds, 0, &r, NULL)
             if r.nfds == 0:
                 raise_recv_status(&r, <int>maxfds, self._type)
         finally:
@@ -425,10 +482,23 @@ cdef class FDChannel:
     def recv_message(self, Py_ssize_t bufsize, Py_ssize_t maxfds=FDPASS_MAX_FDS):
         """Receive one message: (payload of at most bufsize bytes, descriptors).
         A datagram or record longer than bufsize is refused, never cut short."""
+        return self._recv_record(bufsize, maxfds, False)
+
+    def recv_message_from(self, Py_ssize_t bufsize, Py_ssize_t maxfds=FDPASS_MAX_FDS):
+        """Receive one message as recv_message does, and who sent it:
+        (payload, descriptors, Sender(pid, uid, gid, pidfd)) as the kernel
+        attests it for this message; the pidfd (-1 where the kernel
+        attached none) is the caller's.  Needs passcred=True."""
+        if not self._passcred:
+            raise ValueError("recv_message_from needs a channel made with passcred=True")
+        return self._recv_record(bufsize, maxfds, True)
+
+    cdef tuple _recv_record(self, Py_ssize_t bufsize, Py_ssize_t maxfds, bint from_sender):
         cdef double timeout
         cdef int sock
         cdef int fds[FDPASS_MAX_FDS]
         cdef Received r
+        cdef Sender sender
         cdef char *buf
         if bufsize < 1:
             raise ValueError(f"bufsize must be at least 1, got {bufsize}")
@@ -439,20 +509,69 @@ cdef class FDChannel:
             if buf == NULL:
                 raise MemoryError(f"cannot allocate a {bufsize}-byte buffer")
             try:
-                self._recv(sock, timeout, buf, bufsize, fds, <int>maxfds,
-                           0 if self._type == SOCK_STREAM else MSG_TRUNC, &r)
-                if r.status != RECV_OK and not (r.status == RECV_EMPTY
-                                                and self._type == SOCK_DGRAM):
-                    raise_recv_status(&r, <int>maxfds, self._type)
+                # A refusing channel takes no descriptor: any that arrives
+                # (queued before refusal took effect, or where the kernel
+                # cannot refuse) is one too many, and closed.
+                self._recv(sock, timeout, buf, bufsize, fds, 0 if self._refuse else <int>maxfds,
+                           0 if self._type == SOCK_STREAM else MSG_TRUNC, &r,
+                           &sender if from_sender else NULL)
                 try:
-                    return PyBytes_FromStringAndSize(buf, r.nbytes), [fds[i] for i in range(r.nfds)]
+                    if r.status != RECV_OK and not (r.status == RECV_EMPTY
+                                                    and self._type == SOCK_DGRAM):
+                        if self._refuse and r.status != RECV_TRUNCATED and r.status != RECV_EMPTY:
+                            raise ProtocolError(EBADMSG, (
+                                "this channel refuses descriptors (refuse_fds=True): "
+                                f"the message carried some ({r.total} received), and they "
+                                "were closed at receipt"))
+                        raise_recv_status(&r, <int>maxfds, self._type)
+                    data = PyBytes_FromStringAndSize(buf, r.nbytes)
+                    received = [fds[i] for i in range(r.nfds)]
+                    if not from_sender:
+                        return data, received
+                    check_attested(&sender)
+                    return data, received, SenderTuple(sender.pid, sender.uid, sender.gid,
+                                                       sender.pidfd)
                 except BaseException:
-                    discard_fds(fds, r.nfds)
+                    discard_received(fds, &r, &sender if from_sender else NULL)
                     raise
             finally:
                 PyMem_Free(buf)
         finally:
             self._end()
+
+    def peer_pidfd(self):
+        """A new pidfd for the connected peer (SO_PEERPIDFD, Linux >= 6.5),
+        close-on-exec and the caller's to close: unlike a pid, it cannot
+        come to name another process."""
+        cdef int fd = self._live_fd(), pidfd = -1, saved, flags
+        cdef socklen_t length = sizeof(pidfd)
+        if FDPASS_SO_PEERPIDFD < 0:
+            raise_os_error(ENOPROTOOPT, "this platform has no SO_PEERPIDFD")
+        if getsockopt(fd, SOL_SOCKET, FDPASS_SO_PEERPIDFD, &pidfd, &length) < 0:
+            saved = errno
+            if saved == ENOPROTOOPT:
+                raise_os_error(saved, "SO_PEERPIDFD needs Linux 6.5 or later")
+            raise_os_error(saved, "SO_PEERPIDFD: no connected peer" if saved == ENODATA
+                           else f"SO_PEERPIDFD on descriptor {fd}")
+        flags = fcntl(pidfd, F_GETFD)
+        if flags >= 0 and not flags & FD_CLOEXEC:
+            fcntl(pidfd, F_SETFD, flags | FD_CLOEXEC)
+        return pidfd
+
+
+cdef int check_attested(const Sender *sender) except -1:
+    """A message is from a sender only when the kernel names one: no
+    credentials at all, or pid 0, is a message the kernel cannot attribute
+    (queued before SO_PASSCRED was set, or sent from outside this pid
+    namespace), and an EOFError at the end of a stream never gets here."""
+    if not sender.attested:
+        raise ProtocolError(EBADMSG, "the kernel attached no credentials to this message "
+                            "(SCM_CREDENTIALS): its sender is unknown")
+    if sender.pid == 0:
+        raise ProtocolError(EBADMSG, (
+            "the kernel could not name this message's sender (pid 0): it was queued "
+            "before SO_PASSCRED took effect, or sent from outside this pid namespace"))
+    return 0
 
 
 def wrap_socketpair(make, int type=SOCK_STREAM):

@@ -1,4 +1,4 @@
-"""The peer process behind a connected UNIX-domain socket."""
+"""Who is on the other end of a UNIX-domain socket, as the kernel says."""
 
 from typing import NamedTuple
 
@@ -11,3 +11,14 @@ class Credentials(NamedTuple):
     pid: int
     uid: int
     gid: int
+
+
+class Sender(NamedTuple):
+    """The process that sent one message, as the kernel attests it for that
+    message (SCM_CREDENTIALS), and a pidfd for it (SCM_PIDFD; -1 where the
+    kernel attached none), which the receiver owns and must close."""
+
+    pid: int
+    uid: int
+    gid: int
+    pidfd: int

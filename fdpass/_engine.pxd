@@ -20,6 +20,13 @@ cdef struct Received:
     int total          # descriptors the message carried
     RecvStatus status
 
+cdef struct Sender:
+    bint attested      # an SCM_CREDENTIALS came: pid, uid and gid are the kernel's
+    long pid
+    long uid
+    long gid
+    int pidfd          # from SCM_PIDFD, the caller's once received; else -1
+
 cdef int as_fd(object f) except -1
 cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil
 cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil
@@ -28,8 +35,9 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
                       int *err, size_t *sent) except -2
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
                            int flags, double timeout, const int *stop, Received *out,
-                           int *err) except -2
+                           Sender *sender, int *err) except -2
 cdef void discard_fds(const int *fds, int n) noexcept nogil
+cdef void discard_received(const int *fds, Received *r, Sender *sender) noexcept nogil
 cdef int send_errno(int err, int sock_type, bint connected) noexcept nogil
 cdef int raise_os_error(int err, str context, Py_ssize_t written=*) except -1
 cdef int raise_send_error(int err, int sock, const int *fds, int nfds,

@@ -19,8 +19,9 @@ from fdpass._posix cimport (
     FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_HAVE_MSG_DONTWAIT,
     FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_SCM_PIDFD, FDPASS_SO_DOMAIN,
     FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS,
-    SOL_SOCKET, SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, getsockname, getsockopt,
-    msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
+    SOL_SOCKET, SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, fdpass_read_credentials,
+    getsockname, getsockopt, msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage,
+    socklen_t,
 )
 
 from fdpass._errors import ProtocolError
@@ -278,11 +279,12 @@ def wait_for_discards(double timeout=-1.0):
 
 
 cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
-                  int *total, size_t *other_space) noexcept nogil:
+                  int *total, size_t *other_space, Sender *sender) noexcept nogil:
     """Walk every control message: the first maxfds SCM_RIGHTS descriptors
-    go to fds, any beyond them and every SCM_PIDFD's pidfd to extra (for
-    discarding).  Lengths from the kernel are clamped to the buffer.
-    Returns how many went to fds."""
+    go to fds, any beyond them to extra (for discarding); so does every
+    SCM_PIDFD's pidfd, but the first when sender asks for one, with the
+    SCM_CREDENTIALS there are.  Lengths from the kernel are clamped to the
+    buffer.  Returns how many went to fds."""
     cdef cmsghdr *cmsg = CMSG_FIRSTHDR(msg)
     cdef unsigned char *end = <unsigned char *>msg.msg_control + msg.msg_controllen
     cdef unsigned char *data
@@ -308,11 +310,16 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
                 if rights and taken < maxfds:
                     fds[taken] = fd
                     taken += 1
+                elif not rights and sender != NULL and sender.pidfd < 0:
+                    sender.pidfd = fd
                 else:
                     extra[nextra[0]] = fd
                     nextra[0] += 1
                 if rights:
                     total[0] += 1
+        elif sender != NULL and fdpass_read_credentials(cmsg, length, &sender.pid,
+                                                        &sender.uid, &sender.gid):
+            sender.attested = True
         if not rights:
             other_space[0] += CMSG_SPACE(length - CMSG_LEN(0))
         cmsg = CMSG_NXTHDR(msg, cmsg)
@@ -321,14 +328,17 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
 
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
                            int flags, double timeout, const int *stop, Received *out,
-                           int *err) except -2:
-    """One recvmsg into buf; its descriptors into fds[:maxfds].  The control
-    buffer always has room for the most a message can carry, so the kernel
-    never discards descriptors for want of room: we do, off this thread.
-    MSG_TRUNC in flags (datagram and seqpacket sockets) refuses a record
-    longer than buf.  0 with out->status set (on any status but RECV_OK
-    every descriptor is already discarded), or -1 with err (after *stop
-    was set: FDPASS_ECLOSED, and the message's descriptors discarded)."""
+                           Sender *sender, int *err) except -2:
+    """One recvmsg into buf; its descriptors into fds[:maxfds], and with a
+    sender, who sent it (as far as the socket's SO_PASSCRED and
+    SO_PASSPIDFD have the kernel say).  The control buffer always has room
+    for the most a message can carry, so the kernel never discards
+    descriptors for want of room: we do, off this thread.  MSG_TRUNC in
+    flags (datagram and seqpacket sockets) refuses a record longer than
+    buf.  0 with out->status set (on any status but RECV_OK and RECV_EMPTY
+    every descriptor, the sender's pidfd too, is already discarded), or -1
+    with err (after *stop was set: FDPASS_ECLOSED, and the message's
+    descriptors discarded)."""
     cdef fdpass_control_t control
     cdef int extra[FDPASS_CONTROL_INTS]
     cdef int nextra = 0
@@ -346,16 +356,18 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     out.total = 0
     out.nfds = 0
     out.buflen = buflen
+    if sender != NULL:
+        sender.attested = False
+        sender.pidfd = -1
     n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
                  deadline_for(timeout), stop, err)
     if n < 0:
         return -1
     out.nbytes = n
-    out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space)
+    out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space, sender)
     discard_fds(extra, nextra)
     if stop != NULL and stop[0]:
-        discard_fds(fds, out.nfds)
-        out.nfds = 0
+        discard_received(fds, out, sender)
         err[0] = FDPASS_ECLOSED
         return -1
     if msg.msg_flags & MSG_CTRUNC:
@@ -370,12 +382,21 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
         out.status = RECV_TRUNCATED
     elif n == 0 and out.total == 0:
         out.status = RECV_EMPTY
+        return 0
     else:
         out.status = RECV_OK
         return 0
-    discard_fds(fds, out.nfds)
-    out.nfds = 0
+    discard_received(fds, out, sender)
     return 0
+
+
+cdef void discard_received(const int *fds, Received *r, Sender *sender) noexcept nogil:
+    """Discard what one receive took: its descriptors, and the sender's pidfd."""
+    discard_fds(fds, r.nfds)
+    r.nfds = 0
+    if sender != NULL and sender.pidfd >= 0:
+        discard_fds(&sender.pidfd, 1)
+        sender.pidfd = -1
 
 
 cdef int send_errno(int err, int sock_type, bint connected) noexcept nogil:

@@ -56,13 +56,13 @@ def recv(socket_fd):
     cdef Received r
     # A descriptor arriving proves an AF_UNIX socket, so the family is only
     # checked when none did, and before waiting (a TCP socket must not block).
-    rc = recv_message_into(sock, &byte, 1, &fd, 1, MSG_DONTWAIT, 0.0, NULL, &r, &err)
+    rc = recv_message_into(sock, &byte, 1, &fd, 1, MSG_DONTWAIT, 0.0, NULL, &r, NULL, &err)
     if rc < 0 or r.nfds == 0:
         if check_unix_socket(sock, &family, &err) < 0:
             failed(err)
             return -1
         if rc < 0 and FDPASS_WOULD_BLOCK(err):
-            rc = recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, NULL, &r, &err)
+            rc = recv_message_into(sock, &byte, 1, &fd, 1, 0, 0.0, NULL, &r, NULL, &err)
         if rc < 0:
             failed(err)
             return -1

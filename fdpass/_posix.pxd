@@ -82,10 +82,16 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_O_PATH
         FDPASS_HAVE_MSG_DONTWAIT
         FDPASS_SCM_PIDFD
+        FDPASS_SO_PEERPIDFD
+        FDPASS_SO_PASSPIDFD
+        FDPASS_SO_PASSRIGHTS
+        FDPASS_SO_PASSCRED
 
     const char *FDPASS_CLOEXEC_METHOD
     bint FDPASS_WOULD_BLOCK(int err)
     int fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
+    int fdpass_read_credentials(const cmsghdr *cmsg, size_t length,
+                                long *pid, long *uid, long *gid)
 
     ctypedef union fdpass_control_t:
         cmsghdr align

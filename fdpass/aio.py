@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
-from fdpass._credentials import Credentials
+from fdpass._credentials import Credentials, Sender
 from fdpass._engine import discard
 
 if TYPE_CHECKING:
@@ -138,14 +138,16 @@ class AsyncFDChannel:
 
     sock is a connected AF_UNIX socket.socket (SOCK_STREAM, SOCK_SEQPACKET
     or SOCK_DGRAM); the channel puts it in non-blocking mode, as asyncio's
-    own socket calls require, and close() closes it."""
+    own socket calls require, and close() closes it.  refuse_fds and
+    passcred as FDChannel's."""
 
     __slots__ = ("_sock", "_channel", "_reading", "_writing")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, *, refuse_fds: bool = False,
+                 passcred: bool = False) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"AsyncFDChannel needs a socket.socket, not {type(sock).__name__}")
-        self._channel = FDChannel(sock)
+        self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
         sock.setblocking(False)
         self._sock = sock
         self._reading = _Turns(writing=False)
@@ -191,6 +193,10 @@ class AsyncFDChannel:
         """The connected peer's Credentials(pid, uid, gid) (SO_PEERCRED)."""
         return self._channel.peer_credentials()
 
+    def peer_pidfd(self) -> int:
+        """A new pidfd for the connected peer (SO_PEERPIDFD), the caller's."""
+        return self._channel.peer_pidfd()
+
     async def send_fd(self, f: _FileDescriptorLike) -> None:
         """Send one descriptor in one message of one 0x00 byte."""
         await self._send(self._channel.send_fd, (f,), b"\0")
@@ -214,6 +220,11 @@ class AsyncFDChannel:
     async def recv_message(self, bufsize: int, maxfds: int = MAX_FDS) -> tuple[bytes, list[int]]:
         """Receive one message: (payload of at most bufsize bytes, descriptors)."""
         return await self._receive(self._channel.recv_message, bufsize, maxfds)
+
+    async def recv_message_from(self, bufsize: int,
+                                maxfds: int = MAX_FDS) -> tuple[bytes, list[int], Sender]:
+        """Receive one message and who sent it, as FDChannel.recv_message_from."""
+        return await self._receive(self._channel.recv_message_from, bufsize, maxfds)
 
     async def recv_file(self, mode: str | None = None, buffering: int = -1,
                         encoding: str | None = None, errors: str | None = None,

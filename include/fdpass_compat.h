@@ -82,6 +82,54 @@
 #  define FDPASS_PIDFD_SPACE 0
 #endif
 
+/* Who is on the other end (Linux only; -1 where the platform has no such
+ * option, and the portable build takes the other platforms' side):
+ * SO_PEERPIDFD (6.5) gives the connected peer's pidfd, SO_PASSCRED with
+ * SO_PASSPIDFD has the kernel attest each message's sender, SO_PASSRIGHTS
+ * (6.16) turned off makes the kernel refuse descriptors for this socket.
+ * A kernel older than the option answers ENOPROTOOPT at run time. */
+#if defined(__linux__) && !defined(FDPASS_PORTABLE)
+#  ifndef SO_PEERPIDFD
+#    define SO_PEERPIDFD 77
+#  endif
+#  ifndef SO_PASSRIGHTS
+#    define SO_PASSRIGHTS 83
+#  endif
+#  define FDPASS_SO_PEERPIDFD SO_PEERPIDFD
+#  define FDPASS_SO_PASSPIDFD SO_PASSPIDFD
+#  define FDPASS_SO_PASSRIGHTS SO_PASSRIGHTS
+#  define FDPASS_SO_PASSCRED SO_PASSCRED
+#else
+#  define FDPASS_SO_PEERPIDFD (-1)
+#  define FDPASS_SO_PASSPIDFD (-1)
+#  define FDPASS_SO_PASSRIGHTS (-1)
+#  define FDPASS_SO_PASSCRED (-1)
+#endif
+
+/* The sender the kernel attests in an SCM_CREDENTIALS control message of
+ * length bytes (already clamped to the buffer): 1 with pid, uid and gid
+ * set, or 0 for any other control message or one too short to hold them. */
+#include <string.h>
+static inline int
+fdpass_read_credentials(const struct cmsghdr *cmsg, size_t length,
+                        long *pid, long *uid, long *gid)
+{
+#if FDPASS_SO_PASSCRED >= 0
+    struct ucred cred;
+    if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_CREDENTIALS
+            || length < CMSG_LEN(sizeof(cred)))
+        return 0;
+    memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
+    *pid = (long)cred.pid;
+    *uid = (long)cred.uid;
+    *gid = (long)cred.gid;
+    return 1;
+#else
+    (void)cmsg; (void)length; (void)pid; (void)uid; (void)gid;
+    return 0;
+#endif
+}
+
 /* Every receive offers room for the most descriptors a message can carry,
  * plus credentials and a pidfd: so the kernel never discards descriptors for
  * want of room (their last close could block, in the receiving thread), and

@@ -4,15 +4,21 @@ foreign peers the interop tests run."""
 from __future__ import annotations
 
 import array
+import gc
 import io
+import json
 import os
+import select
 import shutil
 import socket
 import struct
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,11 +93,12 @@ def run_python(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, cwd=PACKAGE_ROOT)
 
 
-def python_child(code: str, *args: str) -> subprocess.Popen[str]:
-    """Start this interpreter on code (as run_python), its stdout a pipe;
-    use it in a with block, which closes the pipe and reaps the child."""
+def python_child(code: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
+    """Start this interpreter on code (as run_python), its stdout a pipe,
+    with pass_fds open in it; use it in a with block, which closes the
+    pipe and reaps the child."""
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
-                            text=True, cwd=PACKAGE_ROOT)
+                            text=True, cwd=PACKAGE_ROOT, pass_fds=pass_fds)
 
 
 class Lingering:
@@ -170,3 +177,63 @@ def check_received_files(fds: list[int], paths: list[Path]) -> None:
         assert [same_file(a.fileno(), b.fileno()) for a, b in zip(received, originals)] \
             == [True] * len(paths)
         assert [f.read() for f in received] == [path.read_text() for path in paths]
+
+
+def fd_numbers(limit: int) -> set[int]:
+    """Open descriptors below limit, by fstat: after setuid() a process may
+    no longer read its own /proc/self/fd."""
+    found = set()
+    for fd in range(limit):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        found.add(fd)
+    return found
+
+
+class Child:
+    """A forked child that becomes uid (if given), runs work, and reports
+    its result and the descriptors it left open.  Fork before starting
+    threads: the parent serves it after."""
+
+    def __init__(self, work: Callable[[], dict[str, Any]], uid: int | None = None) -> None:
+        r, w = os.pipe()
+        with warnings.catch_warnings():  # pytest's faulthandler watchdog is a thread
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:  # the child
+            report: dict[str, Any]
+            try:
+                os.close(r)
+                if uid is not None:
+                    os.setgid(uid)
+                    os.setuid(uid)
+                before = fd_numbers(1024)
+                report = work()
+                gc.collect()
+                report["leaked"] = sorted(fd_numbers(1024) - before)
+            except BaseException as error:
+                report = {"crashed": repr(error)}
+            try:
+                os.write(w, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        self.pid = pid
+        self._pipe = r
+
+    def report(self) -> dict[str, Any]:
+        data = b""
+        try:
+            while select.select([self._pipe], [], [], 30)[0]:
+                chunk = os.read(self._pipe, 65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(self._pipe)
+            _, status = os.waitpid(self.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        report: dict[str, Any] = json.loads(data)
+        return report

@@ -7,17 +7,13 @@ check; forked children check themselves."""
 from __future__ import annotations
 
 import errno
-import gc
-import json
 import os
-import select
 import socket
 import stat
 import struct
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,7 +21,7 @@ import pytest
 
 import fdpass
 from fdpass import handoff
-from support import raw_send, same_file
+from support import Child, raw_send, same_file
 
 OTHER_UID = 65534
 Offered = dict[str, socket.socket]
@@ -94,66 +90,6 @@ def close_all_sockets(takeover: handoff.Takeover) -> None:
 def _identity(sock: socket.socket) -> tuple[int, int]:
     st = os.fstat(sock.fileno())
     return st.st_dev, st.st_ino
-
-
-def fd_numbers(limit: int) -> set[int]:
-    """Open descriptors below limit, by fstat: after setuid() a process may
-    no longer read its own /proc/self/fd."""
-    found = set()
-    for fd in range(limit):
-        try:
-            os.fstat(fd)
-        except OSError:
-            continue
-        found.add(fd)
-    return found
-
-
-class Child:
-    """A forked child that becomes uid (if given), runs work, and reports
-    its result and the descriptors it left open.  Fork before starting
-    threads: the parent serves it after."""
-
-    def __init__(self, work: Callable[[], dict[str, Any]], uid: int | None = None) -> None:
-        r, w = os.pipe()
-        with warnings.catch_warnings():  # pytest's faulthandler watchdog is a thread
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-        if pid == 0:  # the child
-            report: dict[str, Any]
-            try:
-                os.close(r)
-                if uid is not None:
-                    os.setgid(uid)
-                    os.setuid(uid)
-                before = fd_numbers(1024)
-                report = work()
-                gc.collect()
-                report["leaked"] = sorted(fd_numbers(1024) - before)
-            except BaseException as error:
-                report = {"crashed": repr(error)}
-            try:
-                os.write(w, json.dumps(report).encode())
-            finally:
-                os._exit(0)
-        os.close(w)
-        self.pid = pid
-        self._pipe = r
-
-    def report(self) -> dict[str, Any]:
-        data = b""
-        try:
-            while select.select([self._pipe], [], [], 30)[0]:
-                chunk = os.read(self._pipe, 65536)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            os.close(self._pipe)
-            _, status = os.waitpid(self.pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        report: dict[str, Any] = json.loads(data)
-        return report
 
 
 def wait_until_refused(offer: handoff.Offer, count: int = 1) -> None:
