@@ -284,19 +284,23 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
     go to fds, any beyond them to extra (for discarding); so does every
     SCM_PIDFD's pidfd, but the first when sender asks for one, with the
     SCM_CREDENTIALS there are.  Lengths from the kernel are clamped to the
-    buffer.  Returns how many went to fds."""
+    buffer (compared, never added: a huge one must not wrap the pointer).
+    Returns how many went to fds."""
     cdef cmsghdr *cmsg = CMSG_FIRSTHDR(msg)
     cdef unsigned char *end = <unsigned char *>msg.msg_control + msg.msg_controllen
     cdef unsigned char *data
     cdef size_t length, count, i
     cdef int fd, taken = 0
-    cdef bint rights
-    while cmsg != NULL:
+    cdef bint rights, last = False
+    while cmsg != NULL and not last:
         if cmsg.cmsg_len < CMSG_LEN(0):
             break
         length = cmsg.cmsg_len
-        if <unsigned char *>cmsg + length > end:
+        if length > <size_t>(end - <unsigned char *>cmsg):
+            # Cut short by the buffer (macOS reports the untruncated length):
+            # take what is there, and trust no header after it.
             length = end - <unsigned char *>cmsg
+            last = True
         rights = cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS
         if rights or (cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == FDPASS_SCM_PIDFD):
             data = CMSG_DATA(cmsg)
@@ -324,6 +328,40 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
             other_space[0] += CMSG_SPACE(length - CMSG_LEN(0))
         cmsg = CMSG_NXTHDR(msg, cmsg)
     return taken
+
+
+def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=False):
+    """The control-message walk over a buffer as a kernel might fill one, for
+    the tests to give it what other kernels do (lengths beyond the buffer,
+    headers cut short, credentials too short).  (fds, extra, total, sender):
+    the descriptors handed over, the ones to discard, the SCM_RIGHTS count,
+    and with from_sender (pid, uid, gid, pidfd), pid, uid and gid None
+    without credentials.  Closes nothing."""
+    cdef fdpass_control_t buf
+    cdef msghdr msg
+    cdef int fds[FDPASS_MAX_FDS]
+    cdef int extra[FDPASS_CONTROL_INTS]
+    cdef int nextra = 0, total = 0, taken
+    cdef size_t other_space = 0, size = control.shape[0]
+    cdef Sender sender
+    if size > FDPASS_CONTROL_MAX:
+        raise ValueError(f"a control buffer holds at most {FDPASS_CONTROL_MAX} bytes")
+    if not 0 <= maxfds <= FDPASS_MAX_FDS:
+        raise ValueError(f"maxfds must be within 0..{FDPASS_MAX_FDS}, got {maxfds}")
+    memset(&msg, 0, sizeof(msg))
+    if size:
+        memcpy(buf.buf, &control[0], size)
+        msg.msg_control = buf.buf
+    msg.msg_controllen = size
+    sender.attested = False
+    sender.pidfd = -1
+    taken = take_fds(&msg, fds, maxfds, extra, &nextra, &total, &other_space,
+                     &sender if from_sender else NULL)
+    found = None
+    if from_sender:
+        found = ((sender.pid, sender.uid, sender.gid, sender.pidfd) if sender.attested
+                 else (None, None, None, sender.pidfd))
+    return [fds[i] for i in range(taken)], [extra[i] for i in range(nextra)], total, found
 
 
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
