@@ -36,11 +36,11 @@ def identity_support() -> IdentitySupport:
         except OSError as error:
             _unless_lacking(error)
     a, b = socket.socketpair()
-    with FDChannel(a) as ours, socket.socket(fileno=b.detach()) as theirs_sock:
+    with FDChannel(a) as ours, b:
         try:
-            with FDChannel(theirs_sock, closefd=False, passcred=True) as theirs:
+            with FDChannel(b, closefd=False, passcred=True) as theirs:
                 passcred = True
-                ours.send_fds([0], b"?")
+                ours.send_fds([ours], b"?")  # a descriptor sure to be open
                 _, fds, sender = theirs.recv_message_from(1)
                 for fd in fds + ([sender.pidfd] if sender.pidfd >= 0 else []):
                     os.close(fd)
@@ -50,7 +50,7 @@ def identity_support() -> IdentitySupport:
     a, b = socket.socketpair()
     with FDChannel(a) as ours, FDChannel(b, refuse_fds=True) as theirs:
         try:
-            ours.send_fd(0)
+            ours.send_fd(ours)
         except PermissionError:
             kernel_refuses = True
         else:
