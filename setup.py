@@ -1,5 +1,15 @@
 """Build the Cython engine.  Metadata lives in pyproject.toml."""
 
+import sys
+
+# Before cythonize: on Windows the build would fail later, in the compiler,
+# on a missing <sys/socket.h>, which says nothing of why.
+if sys.platform == "win32":
+    sys.exit("fdpass cannot be built on Windows: it passes descriptors as SCM_RIGHTS "
+             "messages over AF_UNIX sockets, and Windows's carry none (see "
+             "\"Platforms\" in the README: socket.socket.share() and "
+             "multiprocessing.reduction.DupHandle are Windows's own ways).")
+
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 

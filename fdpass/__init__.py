@@ -4,8 +4,20 @@
 from __future__ import annotations
 
 import os
+import sys
 
-from fdpass._errors import ProtocolError
+# First of all: on Windows the compiled engine cannot exist, and importing
+# it would fail with a bare "no module named", which says nothing of why.
+if sys.platform == "win32":
+    raise ImportError(
+        "fdpass does not work on Windows: it passes descriptors as SCM_RIGHTS "
+        "messages over AF_UNIX sockets, and Windows's AF_UNIX sockets carry no "
+        "descriptors or handles. To hand a socket to another process there, use "
+        "socket.socket.share(pid) and socket.fromshare(data); for any other "
+        "handle, multiprocessing.reduction.DupHandle (or duplicate()). See "
+        "\"Platforms\" in fdpass's README.")
+
+from fdpass._errors import ProtocolError  # noqa: E402  (after the platform check)
 
 
 def _refuse_source_tree(package_dir: str) -> None:

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.metadata
 import re
+import shutil
 import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 import fdpass
 from fdpass import _channel, _engine, _functional
 from support import run_python
+
+#: The checkout's, or the unpacked sdist's, top folder (tests/ is in both).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_compiled_engine_is_loaded() -> None:
@@ -57,3 +66,67 @@ def test_cli_without_command_is_a_usage_error() -> None:
     result = run_cli()
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_version_is_the_installed_distributions() -> None:
+    """pyproject.toml reads the version from fdpass.__version__: the wheel's
+    metadata says the same as the code it holds."""
+    try:
+        distribution = importlib.metadata.distribution("fdpass")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("fdpass is not installed as a distribution (an in-place build)")
+    if distribution.read_text("WHEEL") is None:
+        pytest.skip("fdpass's metadata is a source tree's egg-info, not an installed wheel's")
+    installed = Path(str(distribution.locate_file("fdpass/__init__.py"))).resolve()
+    if installed != Path(str(fdpass.__file__)).resolve():
+        pytest.skip(f"the imported fdpass ({fdpass.__file__}) is not the installed "
+                    f"distribution's ({installed}): an in-place or editable build")
+    assert distribution.version == fdpass.__version__
+
+
+def test_changelog_has_a_section_for_this_version() -> None:
+    changelog = (SOURCE_ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert re.search(rf"^## {re.escape(fdpass.__version__)}\b", changelog, re.M), \
+        f"CHANGELOG.md has no section for {fdpass.__version__}"
+
+
+WINDOWS_IMPORT = """
+import sys
+sys.platform = "win32"
+try:
+    import fdpass
+except ImportError as error:
+    print(error)
+    print(sorted(name for name in sys.modules if name.startswith("fdpass")))
+else:
+    sys.exit("fdpass imported on win32")
+"""
+
+
+def test_import_on_windows_says_why_and_what_to_use_instead() -> None:
+    """The check comes first: nothing of fdpass, compiled or not, is loaded."""
+    result = run_python("-c", WINDOWS_IMPORT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    message, modules = result.stdout.splitlines()
+    assert "does not work on Windows" in message
+    assert "SCM_RIGHTS" in message and "AF_UNIX" in message
+    for advice in ("socket.socket.share(", "socket.fromshare(", "multiprocessing.reduction.DupHandle"):
+        assert advice in message, advice
+    assert modules == "[]"
+
+
+def test_setup_py_on_windows_fails_before_cythonize(tmp_path: Path) -> None:
+    """setup.py, alone in an empty folder: with the check gone it would get
+    as far as cythonize (or the import of Cython) and fail without a word of why."""
+    setup_py = SOURCE_ROOT / "setup.py"
+    if not setup_py.exists():
+        pytest.skip(f"no setup.py beside the tests in {SOURCE_ROOT}")
+    shutil.copy(setup_py, tmp_path)
+    code = ("import sys; sys.platform = 'win32'; sys.argv = ['setup.py', '--version']; "
+            "exec(compile(open('setup.py').read(), 'setup.py', 'exec'))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith("fdpass cannot be built on Windows"), result.stderr
+    for advice in ("socket.socket.share()", "multiprocessing.reduction.DupHandle"):
+        assert advice in result.stderr, advice
