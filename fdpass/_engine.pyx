@@ -5,8 +5,8 @@ one errno-to-exception mapping, and the one way descriptors are discarded
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from libc.errno cimport (
-    EAFNOSUPPORT, EBADF, EBADMSG, ECONNREFUSED, EINTR, ENOTCONN, EPERM, EPIPE, ETIMEDOUT,
-    errno,
+    EAFNOSUPPORT, EAGAIN, EBADF, EBADMSG, ECONNREFUSED, EINTR, EMSGSIZE, ENOTCONN, EPERM, EPIPE,
+    ETIMEDOUT, errno,
 )
 from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset, strerror
@@ -20,7 +20,7 @@ from fdpass._posix cimport (
     FDPASS_FAMILY_METHOD, FDPASS_HAVE_MSG_DONTWAIT, FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC,
     FDPASS_MSG_NOSIGNAL, FDPASS_NOSIGPIPE_METHOD, FDPASS_PORTABLE_BUILD, FDPASS_SCM_PIDFD,
     FDPASS_SIGPIPE_GUARD, FDPASS_SO_DOMAIN, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT,
-    MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SO_TYPE,
+    MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
     cmsghdr, fdpass_control_t, fdpass_sigpipe_block, fdpass_sigpipe_restore, fdpass_sigpipe_t,
     getsockname, getsockopt, msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage,
     socklen_t,
@@ -163,6 +163,22 @@ cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) 
     return sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
 
 
+cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
+    """err, or EAGAIN for an EMSGSIZE from a send on a stream socket: macOS's
+    way of saying that the peer's buffer has no room yet for a message with
+    descriptors, so it is waited for as any full buffer is.  On a datagram
+    or seqpacket socket EMSGSIZE means a message too long, and stays an
+    error; a Linux stream never says it, so this one path serves every
+    build.  One getsockopt, on that error only."""
+    cdef int value = 0
+    cdef socklen_t length = sizeof(value)
+    if (writing and err == EMSGSIZE
+            and getsockopt(sock, SOL_SOCKET, SO_TYPE, &value, &length) == 0
+            and value == SOCK_STREAM):
+        return EAGAIN
+    return err
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                          double timeout, double deadline, const int *stop,
                          int *err) except -2:
@@ -192,6 +208,7 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                 saved = errno
         if n >= 0:
             return n
+        saved = full_buffer(saved, writing, sock)
         if stop != NULL and stop[0]:
             saved = FDPASS_ECLOSED
         elif saved == EINTR:
