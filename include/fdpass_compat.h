@@ -78,8 +78,11 @@ fdpass_sigpipe_block(fdpass_sigpipe_t *state)
     sigemptyset(&pipe_only);
     sigaddset(&pipe_only, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &pipe_only, &state->old);
-    /* After blocking: one that comes in between is pending, so left alone. */
-    state->was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+    /* Only a SIGPIPE the thread blocked already can be pending (another one
+     * is delivered, or discarded while ignored), so only then is there a
+     * sigpending to pay; one that comes in between is pending, so left alone. */
+    state->was_pending = sigismember(&state->old, SIGPIPE) == 1
+        && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
 }
 
 /* After the send: epipe when it failed with EPIPE, whose SIGPIPE (pending,
