@@ -1,5 +1,6 @@
 """Build the Cython engine.  Metadata lives in pyproject.toml."""
 
+import os
 import sys
 
 # Before cythonize: on Windows the build would fail later, in the compiler,
@@ -12,6 +13,7 @@ if sys.platform == "win32":
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext as _build_ext
 
 # Every cythonize directive, in one place.
 COMPILER_DIRECTIVES = {
@@ -27,11 +29,45 @@ COMPILER_DIRECTIVES = {
     "auto_pickle": False,
 }
 
+# FDPASS_PORTABLE=1: every Linux-only facility replaced by the fallback
+# that BSD and macOS take (include/fdpass_compat.h), so those paths run,
+# and are tested, here.  The C macros of every extension, in one place.
+PORTABLE = os.environ.get("FDPASS_PORTABLE", "")
+if PORTABLE not in ("", "0", "1"):
+    raise SystemExit(f"FDPASS_PORTABLE must be 1 (portable build), or 0 or unset, not {PORTABLE!r}")
+DEFINE_MACROS = [("FDPASS_PORTABLE", "1")] if PORTABLE == "1" else []
+
 MODULES = ["_engine", "_convert", "_channel", "_functional", "_benchfloor"]
 
 extensions = [
-    Extension(f"fdpass.{name}", [f"fdpass/{name}.pyx"], include_dirs=["include"])
+    Extension(f"fdpass.{name}", [f"fdpass/{name}.pyx"], include_dirs=["include"],
+              define_macros=DEFINE_MACROS)
     for name in MODULES
 ]
 
-setup(ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES))
+
+class build_ext(_build_ext):
+    """Recompiles every extension when the macros differ from the last
+    build's into the same place: setuptools skips an extension whose .so
+    is newer than its sources, whatever the macros, and cythonize's .c
+    does not change with them, so switching FDPASS_PORTABLE would else
+    leave the other build's .so in place (in fdpass/ with --inplace, in
+    build/ for pip)."""
+
+    def run(self) -> None:
+        stamp = os.path.join("fdpass" if self.inplace else self.build_temp, ".fdpass-macros")
+        wanted = repr(DEFINE_MACROS)
+        try:
+            with open(stamp) as f:
+                last = f.read()
+        except FileNotFoundError:
+            last = None
+        self.force = self.force or last != wanted
+        super().run()
+        os.makedirs(os.path.dirname(stamp), exist_ok=True)
+        with open(stamp, "w") as f:
+            f.write(wanted)
+
+
+setup(ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES),
+      cmdclass={"build_ext": build_ext})

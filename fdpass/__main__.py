@@ -7,7 +7,7 @@ import platform
 import sys
 
 import fdpass
-from fdpass import _channel, _features
+from fdpass import _channel, _engine, _features
 from fdpass._demo import DemoFailed, parent
 
 
@@ -17,7 +17,12 @@ def info() -> int:
     print(f"python: {platform.python_implementation()} {platform.python_version()}")
     print(f"platform: {platform.system()} {platform.release()} {platform.machine()}")
     print(f"MAX_FDS: {fdpass.MAX_FDS}")
-    print(f"close-on-exec: {fdpass.CLOEXEC_METHOD}")
+    build = "portable (FDPASS_PORTABLE=1)" if _engine.PORTABLE else "native"
+    print(f"build: {build}")
+    print(f"paths: close-on-exec: {_engine.CLOEXEC_METHOD}")
+    print(f"paths: no SIGPIPE: {_engine.NOSIGPIPE_METHOD}")
+    print(f"paths: address family: {_engine.FAMILY_METHOD}")
+    print(f"paths: peer credentials: {_engine.CREDENTIALS_METHOD}")
     for line in _features.describe():
         print(line)
     return 0

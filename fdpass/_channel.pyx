@@ -18,9 +18,9 @@ from fdpass._engine cimport (
     send_message, unix_socket_type,
 )
 from fdpass._posix cimport (
-    FDPASS_MAX_FDS, FDPASS_SO_NOSIGPIPE, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD,
-    FDPASS_SO_PASSRIGHTS, FDPASS_SO_PEERPIDFD, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM,
-    SOCK_SEQPACKET, SOCK_STREAM, SOL_SOCKET, fdpass_peer_credentials, fdpass_socket_fd,
+    FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
+    FDPASS_SO_PEERPIDFD, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM, SOCK_SEQPACKET,
+    SOCK_STREAM, SOL_SOCKET, fdpass_nosigpipe, fdpass_peer_credentials, fdpass_socket_fd,
     fdpass_socket_timeout, getpeername, getsockopt, setsockopt, shutdown, sockaddr,
     sockaddr_storage, socklen_t,
 )
@@ -145,7 +145,7 @@ cdef class FDChannel:
         self._held = -1
 
     def __init__(self, sock, *, bint closefd=True, bint refuse_fds=False, bint passcred=False):
-        cdef int fd, sock_type, one = 1, family = 0, err = 0
+        cdef int fd, sock_type, family = 0, err = 0
         cdef sockaddr_storage peer
         cdef socklen_t length = sizeof(peer)
         if self._fd >= 0 or self._held >= 0:
@@ -167,8 +167,7 @@ cdef class FDChannel:
         if sock_type != SOCK_STREAM and sock_type != SOCK_SEQPACKET and sock_type != SOCK_DGRAM:
             raise ValueError(f"FDChannel needs a SOCK_STREAM, SOCK_SEQPACKET or "
                              f"SOCK_DGRAM socket, not type {sock_type}")
-        if FDPASS_SO_NOSIGPIPE >= 0 and setsockopt(
-                fd, SOL_SOCKET, FDPASS_SO_NOSIGPIPE, &one, sizeof(one)) < 0:
+        if fdpass_nosigpipe(fd) < 0:
             raise_os_error(errno, f"setsockopt(SO_NOSIGPIPE) on descriptor {fd}")
         if passcred:
             if set_option(fd, FDPASS_SO_PASSCRED, 1, "SO_PASSCRED"):

@@ -1,6 +1,10 @@
 from typing_extensions import CapsuleType
 
+PORTABLE: bool
 CLOEXEC_METHOD: str
+NOSIGPIPE_METHOD: str
+FAMILY_METHOD: str
+CREDENTIALS_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
 def discard(fd: int) -> None: ...

@@ -5,8 +5,8 @@ one errno-to-exception mapping, and the one way descriptors are discarded
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.long cimport PyLong_AsLongAndOverflow, PyLong_Check
 from libc.errno cimport (
-    EAFNOSUPPORT, EBADF, EBADMSG, ECONNREFUSED, EINTR, ENOTCONN, EPERM, EPIPE, ETIMEDOUT,
-    errno,
+    EAFNOSUPPORT, EAGAIN, EBADF, EBADMSG, ECONNREFUSED, EINTR, EMSGSIZE, ENOTCONN, EPERM, EPIPE,
+    ETIMEDOUT, errno,
 )
 from libc.limits cimport INT_MAX
 from libc.string cimport memcpy, memset, strerror
@@ -16,11 +16,13 @@ from posix.uio cimport iovec
 
 from fdpass._posix cimport (
     AF_UNIX, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE,
-    FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_HAVE_MSG_DONTWAIT,
-    FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, FDPASS_SCM_PIDFD, FDPASS_SO_DOMAIN,
-    FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT, MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS,
-    SOL_SOCKET, SOCK_DGRAM, SO_TYPE, cmsghdr, fdpass_control_t, fdpass_read_credentials,
-    getsockname, getsockopt, msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage,
+    FDPASS_CLOEXEC_METHOD, FDPASS_CONTROL_INTS, FDPASS_CONTROL_MAX, FDPASS_CREDENTIALS_METHOD,
+    FDPASS_FAMILY_METHOD, FDPASS_HAVE_MSG_DONTWAIT, FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC,
+    FDPASS_MSG_NOSIGNAL, FDPASS_NOSIGPIPE_METHOD, FDPASS_PORTABLE_BUILD, FDPASS_SCM_PIDFD,
+    FDPASS_SIGPIPE_GUARD, FDPASS_SO_DOMAIN, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT,
+    MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
+    cmsghdr, fdpass_control_t, fdpass_read_credentials, fdpass_sigpipe_block,
+    fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage,
     socklen_t,
 )
 
@@ -161,6 +163,22 @@ cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) 
     return sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
 
 
+cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
+    """err, or EAGAIN for an EMSGSIZE from a send on a stream socket: macOS's
+    way of saying that the peer's buffer has no room yet for a message with
+    descriptors, so it is waited for as any full buffer is.  On a datagram
+    or seqpacket socket EMSGSIZE means a message too long, and stays an
+    error; a Linux stream never says it, so this one path serves every
+    build.  One getsockopt, on that error only."""
+    cdef int value = 0
+    cdef socklen_t length = sizeof(value)
+    if (writing and err == EMSGSIZE
+            and getsockopt(sock, SOL_SOCKET, SO_TYPE, &value, &length) == 0
+            and value == SOCK_STREAM):
+        return EAGAIN
+    return err
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                          double timeout, double deadline, const int *stop,
                          int *err) except -2:
@@ -190,6 +208,7 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                 saved = errno
         if n >= 0:
             return n
+        saved = full_buffer(saved, writing, sock)
         if stop != NULL and stop[0]:
             saved = FDPASS_ECLOSED
         elif saved == EINTR:
@@ -214,7 +233,30 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
                       int *err, size_t *sent) except -2:
     """Send data with fds attached to its first byte, and the rest of it
     within the same deadline; 0, or -1 with err and sent set to the bytes
-    that did go (the descriptors with them, when sent > 0)."""
+    that did go (the descriptors with them, when sent > 0).  Never raises
+    SIGPIPE: MSG_NOSIGNAL, or SO_NOSIGPIPE set on the socket beforehand,
+    or else (FDPASS_SIGPIPE_GUARD) SIGPIPE blocked in this thread around
+    the whole send, and the one it raised taken.  A build without the
+    guard compiles to the plain send_all call."""
+    cdef fdpass_sigpipe_t guard
+    cdef int rc = 0
+    if not FDPASS_SIGPIPE_GUARD:
+        return send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
+    fdpass_sigpipe_block(&guard)
+    try:
+        rc = send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
+    finally:
+        fdpass_sigpipe_restore(&guard, rc < 0 and err[0] == EPIPE)
+    return rc
+
+
+cdef int send_all(int sock, const int *fds, int nfds, const char *data,
+                  size_t length, int flags, double timeout, const int *stop,
+                  int *err, size_t *sent) except -2:
+    """send_message's sendmsg loop: the descriptors go with the first
+    byte, in a control buffer of exactly CMSG_SPACE(nfds ints), as FreeBSD
+    requires; later parts of a stream's payload go with no control buffer
+    at all (NULL, length 0)."""
     cdef fdpass_control_t control
     cdef msghdr msg
     cdef iovec iov
@@ -488,5 +530,13 @@ cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except 
     raise ProtocolError(EBADMSG, message)
 
 
-#: How received descriptors become close-on-exec on this platform.
+#: Built with FDPASS_PORTABLE=1: the fallbacks below, not Linux's facilities.
+PORTABLE = bool(FDPASS_PORTABLE_BUILD)
+#: How received descriptors become close-on-exec in this build.
 CLOEXEC_METHOD = FDPASS_CLOEXEC_METHOD.decode("ascii")
+#: How a send to a gone peer is kept from raising SIGPIPE.
+NOSIGPIPE_METHOD = FDPASS_NOSIGPIPE_METHOD.decode("ascii")
+#: How a socket's address family is checked.
+FAMILY_METHOD = FDPASS_FAMILY_METHOD.decode("ascii")
+#: Where peer_credentials() comes from (getpeereid: no pid, -1).
+CREDENTIALS_METHOD = FDPASS_CREDENTIALS_METHOD.decode("ascii")

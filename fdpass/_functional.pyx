@@ -3,13 +3,13 @@ in, a bool or a descriptor out, and errno kept per thread as Perl's $!."""
 
 cimport cython
 from cpython.long cimport PyLong_Check
-from libc.errno cimport EBADMSG, ECONNRESET
+from libc.errno cimport EBADMSG, ECONNRESET, errno
 
 from fdpass._engine cimport (
     RECV_EMPTY, Received, check_unix_socket, discard_fds, recv_message_into, send_errno,
     send_message, unix_socket_type,
 )
-from fdpass._posix cimport FDPASS_WOULD_BLOCK, MSG_DONTWAIT, SOCK_DGRAM
+from fdpass._posix cimport FDPASS_WOULD_BLOCK, MSG_DONTWAIT, SOCK_DGRAM, fdpass_nosigpipe
 
 cdef extern from "fdpass_compat.h":
     """
@@ -40,6 +40,8 @@ def send(socket_fd, fd_to_pass):
     cdef size_t sent
     if check_unix_socket(sock, &family, &err) < 0:
         return failed(err)
+    if fdpass_nosigpipe(sock) < 0:
+        return failed(errno)
     if send_message(sock, &fd, 1, b"\0", 1, 0, 0.0, NULL, &err, &sent) < 0:
         return failed(send_errno(err, unix_socket_type(sock, &family, &type_err), True))
     return True

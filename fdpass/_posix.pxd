@@ -72,9 +72,10 @@ cdef extern from "<poll.h>" nogil:
 
 cdef extern from "fdpass_compat.h" nogil:
     enum:
+        FDPASS_PORTABLE_BUILD
         FDPASS_MSG_CMSG_CLOEXEC
         FDPASS_MSG_NOSIGNAL
-        FDPASS_SO_NOSIGPIPE
+        FDPASS_SIGPIPE_GUARD
         FDPASS_SO_DOMAIN
         FDPASS_MAX_FDS
         FDPASS_CONTROL_MAX
@@ -88,10 +89,19 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_SO_PASSCRED
 
     const char *FDPASS_CLOEXEC_METHOD
+    const char *FDPASS_NOSIGPIPE_METHOD
+    const char *FDPASS_FAMILY_METHOD
+    const char *FDPASS_CREDENTIALS_METHOD
     bint FDPASS_WOULD_BLOCK(int err)
     int fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
     int fdpass_read_credentials(const cmsghdr *cmsg, size_t length,
                                 long *pid, long *uid, long *gid)
+    int fdpass_nosigpipe(int fd)
+
+    ctypedef struct fdpass_sigpipe_t:
+        pass
+    void fdpass_sigpipe_block(fdpass_sigpipe_t *state)
+    void fdpass_sigpipe_restore(const fdpass_sigpipe_t *state, int epipe)
 
     ctypedef union fdpass_control_t:
         cmsghdr align

@@ -5,9 +5,19 @@
 #include <sys/types.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <errno.h>
+
+/* FDPASS_PORTABLE (setup.py defines it when built with FDPASS_PORTABLE=1):
+ * none of the Linux-only facilities below, only the fallbacks that BSD and
+ * macOS take, so that those paths run, and are tested, on Linux too. */
+#ifdef FDPASS_PORTABLE
+#  define FDPASS_PORTABLE_BUILD 1
+#else
+#  define FDPASS_PORTABLE_BUILD 0
+#endif
 
 /* Close-on-exec at receipt, atomically where the kernel can do it. */
-#ifdef MSG_CMSG_CLOEXEC
+#if defined(MSG_CMSG_CLOEXEC) && !defined(FDPASS_PORTABLE)
 #  define FDPASS_MSG_CMSG_CLOEXEC MSG_CMSG_CLOEXEC
 #  define FDPASS_CLOEXEC_METHOD "MSG_CMSG_CLOEXEC"
 #else
@@ -15,29 +25,102 @@
 #  define FDPASS_CLOEXEC_METHOD "fcntl(F_SETFD, FD_CLOEXEC) after receipt"
 #endif
 
-/* No SIGPIPE from sendmsg: a per-call flag where there is one, else the
- * SO_NOSIGPIPE socket option (BSDs, macOS), set when a channel is made. */
-#ifdef MSG_NOSIGNAL
+/* No SIGPIPE from sendmsg: a per-call flag where there is one; else the
+ * SO_NOSIGPIPE socket option (BSDs, macOS), set on the socket before it
+ * sends (fdpass_nosigpipe); else SIGPIPE blocked in the sending thread
+ * around the send (fdpass_sigpipe_block and _restore). */
+#if defined(MSG_NOSIGNAL) && !defined(FDPASS_PORTABLE)
 #  define FDPASS_MSG_NOSIGNAL MSG_NOSIGNAL
+#  define FDPASS_NOSIGPIPE_METHOD "MSG_NOSIGNAL"
+#  define FDPASS_SIGPIPE_GUARD 0
+#elif defined(SO_NOSIGPIPE)
+#  define FDPASS_MSG_NOSIGNAL 0
+#  define FDPASS_USE_SO_NOSIGPIPE 1
+#  define FDPASS_NOSIGPIPE_METHOD "SO_NOSIGPIPE"
+#  define FDPASS_SIGPIPE_GUARD 0
 #else
 #  define FDPASS_MSG_NOSIGNAL 0
+#  define FDPASS_NOSIGPIPE_METHOD "SIGPIPE blocked around sendmsg"
+#  define FDPASS_SIGPIPE_GUARD 1
 #endif
-#ifdef SO_NOSIGPIPE
-#  define FDPASS_SO_NOSIGPIPE SO_NOSIGPIPE
+
+/* Where SO_NOSIGPIPE is the way, every socket fdpass sends on has it:
+ * FDChannel sets it once, the functional send before each send (the
+ * caller's socket, which no one wants killing the process).  0, or -1
+ * with errno set. */
+static inline int
+fdpass_nosigpipe(int fd)
+{
+#ifdef FDPASS_USE_SO_NOSIGPIPE
+    int one = 1;
+    return setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof(one));
 #else
-#  define FDPASS_SO_NOSIGPIPE (-1)
+    (void)fd;
+    return 0;
+#endif
+}
+
+#if FDPASS_SIGPIPE_GUARD
+#  include <pthread.h>
+#  include <signal.h>
+#  include <time.h>
+/* The mask is per thread, and the SIGPIPE that a socket write raises goes
+ * to the writing thread: blocking it in this thread alone is thread-safe. */
+typedef struct {
+    sigset_t old;     /* the thread's mask before the send */
+    int was_pending;  /* a SIGPIPE already pending then is not ours to take */
+} fdpass_sigpipe_t;
+
+static inline void
+fdpass_sigpipe_block(fdpass_sigpipe_t *state)
+{
+    sigset_t pipe_only, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &state->old);
+    /* Only a SIGPIPE the thread blocked already can be pending (another one
+     * is delivered, or discarded while ignored), so only then is there a
+     * sigpending to pay; one that comes in between is pending, so left alone. */
+    state->was_pending = sigismember(&state->old, SIGPIPE) == 1
+        && sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE) == 1;
+}
+
+/* After the send: epipe when it failed with EPIPE, whose SIGPIPE (pending,
+ * as blocked) is taken with a zero timeout, never waited for; then the
+ * thread's mask as it was.  errno is kept. */
+static inline void
+fdpass_sigpipe_restore(const fdpass_sigpipe_t *state, int epipe)
+{
+    static const struct timespec zero = {0, 0};
+    sigset_t pipe_only, pending;
+    int saved = errno;
+    if (epipe && !state->was_pending && sigpending(&pending) == 0
+            && sigismember(&pending, SIGPIPE) == 1) {
+        sigemptyset(&pipe_only);
+        sigaddset(&pipe_only, SIGPIPE);
+        while (sigtimedwait(&pipe_only, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &state->old, NULL);
+    errno = saved;
+}
+#else
+typedef char fdpass_sigpipe_t;
+#  define fdpass_sigpipe_block(state) ((void)(state))
+#  define fdpass_sigpipe_restore(state, epipe) ((void)(state), (void)(epipe))
 #endif
 
 /* EAGAIN and EWOULDBLOCK may be one value or two. */
-#include <errno.h>
 #define FDPASS_WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 
 /* The address family in one getsockopt where the platform has SO_DOMAIN;
  * elsewhere getsockname tells. */
-#ifdef SO_DOMAIN
+#if defined(SO_DOMAIN) && !defined(FDPASS_PORTABLE)
 #  define FDPASS_SO_DOMAIN SO_DOMAIN
+#  define FDPASS_FAMILY_METHOD "SO_DOMAIN"
 #else
 #  define FDPASS_SO_DOMAIN (-1)
+#  define FDPASS_FAMILY_METHOD "getsockname"
 #endif
 
 /* A per-call non-blocking flag lets a call that cannot block keep the GIL;
@@ -161,22 +244,58 @@ typedef union {
 #  define FDPASS_O_PATH 0
 #endif
 
-/* The connected peer's process, user and group: SO_PEERCRED (Linux, where
- * a socket without a peer reports pid 0 and uid -1), else getpeereid(),
- * which has no pid (-1).  0, or -1 with errno set. */
+/* The connected peer's process, user and group: SO_PEERCRED (Linux), else
+ * getpeereid() (BSDs, macOS), which has no pid (-1). */
 #include <unistd.h>
-static inline int
-fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
-{
 #if defined(SO_PEERCRED) && defined(__linux__)
-    struct ucred cred;
-    socklen_t length = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0)
+/* ENOTCONN for a socket without a peer, which Linux reports as pid 0 and
+ * uid -1.  0, or -1 with errno set. */
+static inline int
+fdpass_peercred(int fd, struct ucred *cred)
+{
+    socklen_t length = sizeof(*cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, cred, &length) < 0)
         return -1;
-    if (cred.pid == 0 && cred.uid == (uid_t)-1) {
+    if (cred->pid == 0 && cred->uid == (uid_t)-1) {
         errno = ENOTCONN;
         return -1;
     }
+    return 0;
+}
+#endif
+
+#if defined(SO_PEERCRED) && defined(__linux__) && !defined(FDPASS_PORTABLE)
+#  define FDPASS_CREDENTIALS_METHOD "SO_PEERCRED"
+#else
+#  define FDPASS_CREDENTIALS_METHOD "getpeereid"
+#  if defined(__linux__)
+/* glibc has no getpeereid: for the portable build, the BSD call made from
+ * SO_PEERCRED, giving what getpeereid gives there (the peer's effective
+ * uid and gid, ENOTCONN without a peer) and dropping the pid, so that the
+ * branch below is the one BSD and macOS run. */
+static inline int
+fdpass_getpeereid(int fd, uid_t *euid, gid_t *egid)
+{
+    struct ucred cred;
+    if (fdpass_peercred(fd, &cred) < 0)
+        return -1;
+    *euid = cred.uid;
+    *egid = cred.gid;
+    return 0;
+}
+#  else
+#    define fdpass_getpeereid getpeereid
+#  endif
+#endif
+
+/* 0, or -1 with errno set. */
+static inline int
+fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
+{
+#if defined(SO_PEERCRED) && defined(__linux__) && !defined(FDPASS_PORTABLE)
+    struct ucred cred;
+    if (fdpass_peercred(fd, &cred) < 0)
+        return -1;
     *pid = (long)cred.pid;
     *uid = (long)cred.uid;
     *gid = (long)cred.gid;
@@ -184,7 +303,7 @@ fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
 #else
     uid_t euid;
     gid_t egid;
-    if (getpeereid(fd, &euid, &egid) < 0)
+    if (fdpass_getpeereid(fd, &euid, &egid) < 0)
         return -1;
     *pid = -1;
     *uid = (long)euid;

@@ -23,11 +23,18 @@ from typing import Any
 import pytest
 
 import fdpass
+import fdpass._engine
 from fdpass._engine import wait_for_discards as wait_for_discards  # for the tests
 
 #: Linux's numbers, for Pythons whose socket module lacks the names.
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
 SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)
+
+def peer_pid(pid: int) -> int:
+    """What peer_credentials() says of a peer process pid in this build:
+    getpeereid (the portable build, BSD, macOS) has no pid, and says -1."""
+    return -1 if fdpass._engine.CREDENTIALS_METHOD == "getpeereid" else pid
+
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
 

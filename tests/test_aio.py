@@ -23,7 +23,7 @@ import uvloop
 import fdpass
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import raw_send, same_file
+from support import peer_pid, raw_send, same_file
 
 _T = TypeVar("_T")
 Context = dict[str, Any]
@@ -177,7 +177,7 @@ def test_each_call_round_trips(run: Runner, sock_type: int, tmp_path: Path) -> N
 def test_peer_credentials(run: Runner) -> None:
     async def main() -> None:
         async with pair() as (a, _):
-            assert a.peer_credentials() == (os.getpid(), os.getuid(), os.getgid())
+            assert a.peer_credentials() == (peer_pid(os.getpid()), os.getuid(), os.getgid())
 
     run(main())
 
@@ -568,7 +568,7 @@ def test_server_hands_each_connection_a_channel(run: Runner, tmp_path: Path) -> 
     path = tmp_path / "server.sock"
 
     async def upper(ch: AsyncFDChannel) -> None:
-        assert ch.peer_credentials().pid == os.getpid()
+        assert ch.peer_credentials().pid == peer_pid(os.getpid())
         while True:
             try:
                 with await ch.recv_file() as f:
@@ -819,7 +819,7 @@ def test_open_channel_waits_while_the_backlog_is_full(
                 listener.accept()[0].close()
             conn, _ = listener.accept()
             with conn:  # the channel is connected, to this listener
-                assert ch.peer_credentials().pid == os.getpid()
+                assert ch.peer_credentials().pid == peer_pid(os.getpid())
                 with fdpass.FDChannel(conn, closefd=False) as server_side:
                     server_side.send_fd(0)
                 fd = await ch.recv_fd()

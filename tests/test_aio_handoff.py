@@ -15,7 +15,7 @@ import pytest
 
 import fdpass
 from fdpass import aio, handoff
-from support import same_file
+from support import peer_pid, same_file
 from test_aio import Runner, libuv_started, run  # noqa: F401  (fixtures)
 
 Offered = dict[str, socket.socket]
@@ -67,7 +67,7 @@ def test_async_offer_and_take_while_the_loop_serves(run: Runner, path: str,
         return successor, answer
 
     successor, answer = run(main())
-    assert successor.pid == os.getpid()
+    assert successor.pid == peer_pid(os.getpid())
     assert answer == b"still serving"
 
 
@@ -90,7 +90,7 @@ def test_async_offer_to_a_blocking_successor(run: Runner, path: str,
             finally:
                 await asyncio.get_running_loop().run_in_executor(None, thread.join)
 
-    assert run(main()).pid == os.getpid()
+    assert run(main()).pid == peer_pid(os.getpid())
     assert names == ["http", "admin"]
 
 
@@ -112,7 +112,7 @@ def test_async_take_from_a_blocking_offer(run: Runner, path: str, listeners: Off
             assert run(main()) == ["http", "admin"]
         finally:
             thread.join(30)
-        assert result[0].pid == os.getpid()
+        assert result[0].pid == peer_pid(os.getpid())
 
 
 def test_wait_times_out_is_cancelled_and_goes_on(run: Runner, path: str,
@@ -140,7 +140,7 @@ def test_wait_times_out_is_cancelled_and_goes_on(run: Runner, path: str,
             assert offer.refused == []
             return successor
 
-    assert run(main()).pid == os.getpid()
+    assert run(main()).pid == peer_pid(os.getpid())
 
 
 def test_async_take_is_refused_or_meets_garbage(run: Runner, path: str,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import fdpass
-from support import python_child, same_file
+from support import peer_pid, python_child, same_file
 
 Pair = tuple[fdpass.FDChannel, fdpass.FDChannel]
 
@@ -310,8 +310,8 @@ def test_peer_credentials_of_a_socketpair(pair: Pair) -> None:
     tx, rx = pair
     creds = rx.peer_credentials()
     assert isinstance(creds, fdpass.Credentials)
-    assert creds == (os.getpid(), os.getuid(), os.getgid())
-    assert creds.pid == os.getpid()
+    assert creds == (peer_pid(os.getpid()), os.getuid(), os.getgid())
+    assert creds.pid == peer_pid(os.getpid())
 
 
 CONNECTING_CHILD = """
@@ -332,7 +332,7 @@ def test_peer_credentials_across_processes(tmp_path: Path) -> None:
             with fdpass.FDChannel(conn) as ch:
                 assert child.stdout is not None
                 child_pid = int(child.stdout.readline())
-                assert ch.peer_credentials() == (child_pid, os.getuid(), os.getgid())
+                assert ch.peer_credentials() == (peer_pid(child_pid), os.getuid(), os.getgid())
                 ch.send_fds([ch], data=b"!")
             assert child.wait(timeout=60) == 0
 

@@ -21,7 +21,7 @@ import pytest
 
 import fdpass
 from fdpass import handoff
-from support import Child, raw_send, same_file
+from support import Child, peer_pid, raw_send, same_file
 
 OTHER_UID = 65534
 Offered = dict[str, socket.socket]
@@ -114,13 +114,13 @@ def test_take_receives_every_socket_by_name(path: str, listeners: Offered) -> No
                     assert same_file(sock.fileno(), listeners[name].fileno())
                     assert not os.get_inheritable(sock.fileno())
                     assert (sock.family, sock.type) == (socket.AF_INET, socket.SOCK_STREAM)
-                assert takeover.predecessor.pid == os.getpid()
+                assert takeover.predecessor.pid == peer_pid(os.getpid())
                 takeover.ready()
             finally:
                 for sock in takeover.sockets.values():
                     sock.close()
         successor = waiting.result()
-        assert successor == fdpass.Credentials(os.getpid(), os.geteuid(), os.getegid())
+        assert successor == fdpass.Credentials(peer_pid(os.getpid()), os.geteuid(), os.getegid())
         assert offer.closed and not os.path.exists(path)
         with pytest.raises(ValueError, match="closed"):
             offer.wait(timeout=0)
@@ -225,7 +225,7 @@ def test_a_successor_of_another_uid_is_refused(path: str, listeners: Offered) ->
         assert report["refused"] and f"uid {OTHER_UID}" in report["refused"], report
         assert report["leaked"] == []
         who, reason = offer.refused[0]
-        assert (who.pid, who.uid) == (child.pid, OTHER_UID)
+        assert (who.pid, who.uid) == (peer_pid(child.pid), OTHER_UID)
         assert reason == f"uid {OTHER_UID} is not uid {os.geteuid()}"
         # The offer goes on, and its own uid takes over.
         successor = Background(lambda: take_and_close(path))
@@ -248,7 +248,7 @@ def test_the_other_uid_takes_over_when_the_offer_names_it(path: str, listeners: 
         child = Child(as_other_uid, uid=OTHER_UID)
         successor = offer.wait(timeout=20)
         assert child.report() == {"names": ["admin", "http"], "leaked": []}
-        assert (successor.pid, successor.uid) == (child.pid, OTHER_UID)
+        assert (successor.pid, successor.uid) == (peer_pid(child.pid), OTHER_UID)
 
 
 def test_a_root_successor_is_refused_by_an_offer_for_another_uid(
@@ -258,7 +258,7 @@ def test_a_root_successor_is_refused_by_an_offer_for_another_uid(
         with pytest.raises(PermissionError, match=f"uid {os.geteuid()} is not uid {OTHER_UID}"):
             handoff.take(path, timeout=10)
         refusing.result()
-        assert offer.refused[0][0].pid == os.getpid()
+        assert offer.refused[0][0].pid == peer_pid(os.getpid())
 
 
 # -- successors that do not finish -------------------------------------------
@@ -272,7 +272,7 @@ def test_a_successor_that_dies_before_ready_is_followed_by_one_that_succeeds(
     with handoff.Offer(path, listeners) as offer:
         dead = Child(dies_before_ready)
         successor = Background(lambda: (dead.report(), take_and_close(path)))
-        assert offer.wait(timeout=20).pid == os.getpid() != dead.pid
+        assert offer.wait(timeout=20).pid == peer_pid(os.getpid()) != dead.pid
         report, got = successor.result()
         assert report["names"] == ["admin", "http"]
     assert got == {name: _identity(sock) for name, sock in listeners.items()}
@@ -311,7 +311,7 @@ def test_wait_times_out_and_goes_on_with_a_half_way_successor(
         with pytest.raises(TimeoutError):
             offer.wait(timeout=0.05)  # it has the sockets, and is not ready yet
         go.set()
-        assert offer.wait(timeout=10).pid == os.getpid()
+        assert offer.wait(timeout=10).pid == peer_pid(os.getpid())
         thread.result()
 
 
@@ -389,7 +389,7 @@ def test_a_successor_speaking_garbage_or_another_version_is_refused(
         take_and_close(path)  # the same wait() serves the next one
         waiting.result()
         assert len(offer.refused) == 1
-        assert offer.refused[0][0].pid == os.getpid()
+        assert offer.refused[0][0].pid == peer_pid(os.getpid())
 
 
 def test_a_successor_sending_descriptors_is_refused(path: str, listeners: Offered) -> None:
@@ -561,7 +561,7 @@ def test_sockets_go_in_as_few_frames_as_max_fds_allows(path: str) -> None:
                         os.close(fd)
                 peer.sendall(raw_header(b"R", 0))
                 assert exact(peer, 10)[0] == raw_header(b"D", 0)
-            assert waiting.result().pid == os.getpid()
+            assert waiting.result().pid == peer_pid(os.getpid())
     finally:
         for sock in offered.values():
             sock.close()

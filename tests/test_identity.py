@@ -23,6 +23,7 @@ import pytest
 
 from fdpass import FDChannel, ProtocolError, Sender
 from fdpass._channel import REFUSAL_ENV
+from fdpass._engine import PORTABLE
 from support import (
     PACKAGE_ROOT, Child, python_child, run_python, same_file, wait_for_discards,
 )
@@ -30,6 +31,12 @@ from support import (
 SO_PASSRIGHTS = getattr(socket, "SO_PASSRIGHTS", 83)
 #: The uids (and as many gids) the datagram test's senders become.
 UIDS = (65534, 65533, 4242)
+
+#: The portable build takes the BSDs' and macOS's side, which have none of
+#: Linux's identity options: test_the_portable_build_says_it_has_none.
+linux_identity = pytest.mark.skipif(PORTABLE, reason=(
+    "the portable build has no SO_PEERPIDFD, SO_PASSCRED or SO_PASSRIGHTS, "
+    "as BSD and macOS have none"))
 
 
 def pidfd_pid(pidfd: int) -> int:
@@ -97,6 +104,7 @@ def peer(tmp_path: Path) -> Iterator[tuple[FDChannel, subprocess.Popen[str]]]:
 
 # -- peer_pidfd --------------------------------------------------------------
 
+@linux_identity
 def test_peer_pidfd_refers_to_the_peer_and_is_the_callers(
         peer: tuple[FDChannel, subprocess.Popen[str]]) -> None:
     ch, child = peer
@@ -120,6 +128,7 @@ def test_peer_pidfd_refers_to_the_peer_and_is_the_callers(
         os.close(pidfd)
 
 
+@linux_identity
 def test_peer_pidfd_without_a_peer_or_a_channel() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, FDChannel(s, closefd=False) as ch:
         with pytest.raises(OSError) as info:
@@ -137,10 +146,11 @@ def test_peer_pidfd_without_a_peer_or_a_channel() -> None:
 @pytest.fixture(params=["kernel", "at-receipt"])
 def refusal(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each way a channel refuses descriptors: the kernel's (SO_PASSRIGHTS,
-    Linux >= 6.16, which this machine has) and the fallback's, forced on."""
+    Linux >= 6.16, which this machine has; the portable build has no such
+    option, and falls back) and the fallback's, forced on."""
     if request.param == "at-receipt":
         monkeypatch.setenv(REFUSAL_ENV, "1")
-    return str(request.param)
+    return "at-receipt" if PORTABLE else str(request.param)
 
 
 def test_a_refusing_channel_never_takes_a_descriptor(
@@ -216,12 +226,27 @@ def test_descriptors_queued_before_refusal_are_closed_at_receipt(
 
 # -- passcred and recv_message_from ------------------------------------------
 
+@pytest.mark.skipif(not PORTABLE, reason="the native build has them (the tests above)")
+def test_the_portable_build_says_it_has_none() -> None:
+    a, b = FDChannel.pair()
+    with a, b:
+        for call in (a.peer_pidfd, lambda: FDChannel(b.fileno(), closefd=False, passcred=True)):
+            with pytest.raises(OSError) as info:
+                call()
+            assert info.value.errno == errno.ENOPROTOOPT
+    out = run_python("-m", "fdpass", "info")
+    for line in ("SO_PEERPIDFD: no", "SO_PASSCRED: no", "SCM_PIDFD: no", "SO_PASSRIGHTS: no",
+                 "refuse_fds: every arriving descriptor is closed at receipt"):
+        assert line in out.stdout
+
+
 def test_recv_message_from_needs_passcred() -> None:
     a, b = FDChannel.pair()
     with a, b, pytest.raises(ValueError, match="passcred=True"):
         b.recv_message_from(10)
 
 
+@linux_identity
 def test_recv_message_from_names_another_process(sock_type: int) -> None:
     ours, theirs = socket.socketpair(socket.AF_UNIX, sock_type)
     with ours, FDChannel(ours, closefd=False, passcred=True) as ch:
@@ -243,6 +268,7 @@ def test_recv_message_from_names_another_process(sock_type: int) -> None:
                 ch.recv_message_from(100)
 
 
+@linux_identity
 def test_a_message_queued_before_passcred_has_no_sender(sock_type: int) -> None:
     a, b = socket.socketpair(socket.AF_UNIX, sock_type)
     with a, b, FDChannel(a, closefd=False) as tx:
@@ -277,6 +303,7 @@ def send_as(path: str, uid: int) -> dict[str, Any]:
     return {"uid": os.getuid(), "pid": os.getpid()}
 
 
+@linux_identity
 @pytest.mark.skipif(os.geteuid() != 0, reason="setuid() to other users needs root")
 def test_one_datagram_socket_attributes_each_message_to_its_sender(shared_dir: Path) -> None:
     path = str(shared_dir / "supervisor.sock")
@@ -318,6 +345,7 @@ def claim(path: str, pid: int | None, uid: int, gid: int) -> dict[str, Any]:
     return {"errno": 0, "pid": os.getpid()}
 
 
+@linux_identity
 @pytest.mark.skipif(os.geteuid() != 0, reason="setuid() to another user needs root")
 def test_an_unprivileged_sender_cannot_claim_another_identity(shared_dir: Path) -> None:
     """The kernel checks SCM_CREDENTIALS: a process without CAP_SYS_ADMIN and
@@ -352,6 +380,7 @@ def test_an_unprivileged_sender_cannot_claim_another_identity(shared_dir: Path) 
 
 # -- info --------------------------------------------------------------------
 
+@linux_identity
 def test_info_says_what_the_kernel_supports_and_how_refusal_works() -> None:
     out = run_python("-m", "fdpass", "info")
     assert out.returncode == 0, out.stderr
@@ -368,6 +397,7 @@ def test_info_says_what_the_kernel_supports_and_how_refusal_works() -> None:
 
 # -- fdpass.aio --------------------------------------------------------------
 
+@linux_identity
 def test_async_channels_know_their_peers_and_refuse() -> None:
     import asyncio
 

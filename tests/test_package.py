@@ -31,7 +31,7 @@ def test_public_names() -> None:
     assert fdpass.FDChannel is _channel.FDChannel
     assert issubclass(fdpass.ProtocolError, OSError)
     assert fdpass.MAX_FDS == 253
-    assert fdpass.CLOEXEC_METHOD == "MSG_CMSG_CLOEXEC"
+    assert fdpass.CLOEXEC_METHOD == _engine.CLOEXEC_METHOD  # which: see test_portable.py
     assert re.fullmatch(r"\d+\.\d+\.\d+((a|b|rc)\d+)?(\.dev\d+)?", fdpass.__version__)
     for name in fdpass.__all__:
         assert hasattr(fdpass, name), name
@@ -47,7 +47,13 @@ def test_info_command() -> None:
     assert f"fdpass {fdpass.__version__}" in result.stdout
     assert "engine: compiled" in result.stdout
     assert "MAX_FDS: 253" in result.stdout
-    assert "close-on-exec: MSG_CMSG_CLOEXEC" in result.stdout
+    lines = result.stdout.splitlines()
+    assert ("build: portable (FDPASS_PORTABLE=1)" if _engine.PORTABLE else "build: native") in lines
+    for line in (f"paths: close-on-exec: {_engine.CLOEXEC_METHOD}",
+                 f"paths: no SIGPIPE: {_engine.NOSIGPIPE_METHOD}",
+                 f"paths: address family: {_engine.FAMILY_METHOD}",
+                 f"paths: peer credentials: {_engine.CREDENTIALS_METHOD}"):
+        assert line in lines
 
 
 def test_demo_command_passes_three_descriptors_to_a_child() -> None:
