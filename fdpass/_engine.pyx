@@ -352,7 +352,7 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
                 if fd < 0:  # SCM_PIDFD's -errno: no pidfd could be made
                     continue
                 if FDPASS_MSG_CMSG_CLOEXEC == 0:
-                    fcntl(fd, F_SETFD, fcntl(fd, F_GETFD) | FD_CLOEXEC)
+                    fcntl(fd, F_SETFD, FD_CLOEXEC)  # the only descriptor flag
                 if rights and taken < maxfds:
                     fds[taken] = fd
                     taken += 1

@@ -185,9 +185,8 @@ def test_a_refusing_channel_never_takes_a_descriptor(
             # A refusing channel still sends.
             tx.settimeout(5)
             rx.send_fd(r)
-            got = tx.recv_fd()
-            assert same_file(got, r)
-            os.close(got)
+            with tx.recv_file("rb", buffering=0) as got:
+                assert same_file(got.fileno(), r)
     finally:
         os.close(r)
         if w >= 0:
