@@ -6,7 +6,9 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from libc.errno cimport EAFNOSUPPORT, EBADF, EBADMSG, ENODATA, ENOPROTOOPT, ENOTSOCK, errno
+from libc.errno cimport (
+    EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
+)
 from libc.math cimport isnan
 from posix.fcntl cimport F_GETFD, F_GETFL, F_SETFD, FD_CLOEXEC, O_NONBLOCK, fcntl
 from posix.unistd cimport close
@@ -27,6 +29,7 @@ from fdpass._posix cimport (
 
 import os
 import socket as _socket
+from errno import errorcode
 
 from fdpass._credentials import Credentials
 from fdpass._credentials import Sender as SenderTuple
@@ -527,7 +530,7 @@ cdef class FDChannel:
                     received = [fds[i] for i in range(r.nfds)]
                     if not from_sender:
                         return data, received
-                    check_attested(&sender)
+                    check_attested(&sender, r.total)
                     return data, received, SenderTuple(sender.pid, sender.uid, sender.gid,
                                                        sender.pidfd)
                 except BaseException:
@@ -558,11 +561,18 @@ cdef class FDChannel:
         return pidfd
 
 
-cdef int check_attested(const Sender *sender) except -1:
+cdef int check_attested(const Sender *sender, int total) except -1:
     """A message is from a sender only when the kernel names one: no
     credentials at all, or pid 0, is a message the kernel cannot attribute
     (queued before SO_PASSCRED was set, or sent from outside this pid
-    namespace), and an EOFError at the end of a stream never gets here."""
+    namespace), and an EOFError at the end of a stream never gets here.
+    A pidfd the kernel could make but not install (this process at its
+    descriptor limit) must not pass for a kernel without SCM_PIDFD."""
+    if sender.pidfd_error == EMFILE or sender.pidfd_error == ENFILE:
+        raise ProtocolError(EBADMSG, (
+            "the kernel could not install the sender's pidfd (SCM_PIDFD: "
+            f"{errorcode[sender.pidfd_error]}): this process is at its descriptor limit "
+            f"(RLIMIT_NOFILE); the message's {total} descriptors were closed"))
     if not sender.attested:
         raise ProtocolError(EBADMSG, "the kernel attached no credentials to this message "
                             "(SCM_CREDENTIALS): its sender is unknown")

@@ -26,6 +26,7 @@ cdef struct Sender:
     long uid
     long gid
     int pidfd          # from SCM_PIDFD, the caller's once received; else -1
+    int pidfd_error    # the errno SCM_PIDFD held instead (EMFILE: no slot for it); else 0
 
 cdef int as_fd(object f) except -1
 cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil

@@ -350,6 +350,8 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
             for i in range(count):
                 memcpy(&fd, data + i * sizeof(int), sizeof(int))
                 if fd < 0:  # SCM_PIDFD's -errno: no pidfd could be made
+                    if not rights and sender != NULL and sender.pidfd < 0:
+                        sender.pidfd_error = -fd
                     continue
                 if FDPASS_MSG_CMSG_CLOEXEC == 0:
                     fcntl(fd, F_SETFD, FD_CLOEXEC)  # the only descriptor flag
@@ -372,13 +374,21 @@ cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
     return taken
 
 
+cdef inline void init_sender(Sender *sender) noexcept nogil:
+    sender.attested = False
+    sender.pid = sender.uid = sender.gid = -1
+    sender.pidfd = -1
+    sender.pidfd_error = 0
+
+
 def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=False):
     """The control-message walk over a buffer as a kernel might fill one, for
     the tests to give it what other kernels do (lengths beyond the buffer,
     headers cut short, credentials too short).  (fds, extra, total, sender):
     the descriptors handed over, the ones to discard, the SCM_RIGHTS count,
     and with from_sender (pid, uid, gid, pidfd), pid, uid and gid None
-    without credentials.  Closes nothing."""
+    without credentials, pidfd -errno where SCM_PIDFD held one, else -1.
+    Closes nothing."""
     cdef fdpass_control_t buf
     cdef msghdr msg
     cdef int fds[FDPASS_MAX_FDS]
@@ -395,14 +405,14 @@ def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=Fa
         memcpy(buf.buf, &control[0], size)
         msg.msg_control = buf.buf
     msg.msg_controllen = size
-    sender.attested = False
-    sender.pidfd = -1
+    init_sender(&sender)
     taken = take_fds(&msg, fds, maxfds, extra, &nextra, &total, &other_space,
                      &sender if from_sender else NULL)
-    found = None
-    if from_sender:
-        found = ((sender.pid, sender.uid, sender.gid, sender.pidfd) if sender.attested
-                 else (None, None, None, sender.pidfd))
+    if not from_sender:
+        return [fds[i] for i in range(taken)], [extra[i] for i in range(nextra)], total, None
+    pidfd = sender.pidfd if sender.pidfd >= 0 else -sender.pidfd_error or -1
+    found = ((sender.pid, sender.uid, sender.gid, pidfd) if sender.attested
+             else (None, None, None, pidfd))
     return [fds[i] for i in range(taken)], [extra[i] for i in range(nextra)], total, found
 
 
@@ -437,8 +447,7 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     out.nfds = 0
     out.buflen = buflen
     if sender != NULL:
-        sender.attested = False
-        sender.pidfd = -1
+        init_sender(sender)
     n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
                  deadline_for(timeout), stop, err)
     if n < 0:

@@ -25,7 +25,7 @@ from fdpass import FDChannel, ProtocolError, Sender
 from fdpass._channel import REFUSAL_ENV
 from fdpass._engine import PORTABLE
 from support import (
-    PACKAGE_ROOT, Child, python_child, run_python, same_file, wait_for_discards,
+    PACKAGE_ROOT, SO_PASSPIDFD, Child, python_child, run_python, same_file, wait_for_discards,
 )
 
 SO_PASSRIGHTS = getattr(socket, "SO_PASSRIGHTS", 83)
@@ -241,8 +241,75 @@ def test_the_portable_build_says_it_has_none() -> None:
 
 def test_recv_message_from_needs_passcred() -> None:
     a, b = FDChannel.pair()
+    b.settimeout(0)  # were it to receive, nothing would come
     with a, b, pytest.raises(ValueError, match="passcred=True"):
         b.recv_message_from(10)
+
+
+@linux_identity
+@pytest.mark.parametrize("kind", [socket.SOCK_SEQPACKET, socket.SOCK_DGRAM],
+                         ids=["seqpacket", "dgram"])
+def test_a_refused_long_record_takes_its_senders_pidfd_along(kind: int) -> None:
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    with FDChannel(a) as tx, FDChannel(b, passcred=True) as rx:
+        for fds in ([], [0, 1]):
+            if fds:
+                tx.send_fds(fds, b"x" * 100)
+            else:
+                a.send(b"x" * 100)
+            with pytest.raises(ProtocolError, match="longer than bufsize"):
+                rx.recv_message_from(10)  # the leak check sees a pidfd left behind
+
+
+@linux_identity
+def test_a_message_without_credentials_has_no_sender() -> None:
+    a, b = socket.socketpair()
+    with FDChannel(a) as tx, FDChannel(b, passcred=True) as rx:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)  # behind the channel's back
+        b.setsockopt(socket.SOL_SOCKET, SO_PASSPIDFD, 0)
+        tx.send_fds([0], b"who?")
+        with pytest.raises(ProtocolError, match="no credentials"):
+            rx.recv_message_from(100)
+
+
+# At the descriptor limit with room for the message's two descriptors but
+# not for the sender's pidfd: the kernel puts -EMFILE in SCM_PIDFD.
+PIDFD_AT_THE_LIMIT = """
+import os, resource, socket
+import fdpass
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+tx, rx = fdpass.FDChannel(a), fdpass.FDChannel(b, passcred=True)
+tx.send_fds([0, 1], b"two")
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+held = []
+try:
+    while True:
+        held.append(os.dup(0))
+except OSError:
+    pass
+os.close(held.pop())
+os.close(held.pop())
+try:
+    rx.recv_message_from(100)
+except fdpass.ProtocolError as error:
+    print(error)
+fdpass._engine.wait_for_discards(10)
+print(len(os.listdir("/proc/self/fd")) - 1 - len(held))  # what is open besides the dups
+a.send(b"next")
+print(rx.recv_message_from(100)[:2])
+"""
+
+
+@linux_identity
+def test_a_pidfd_the_kernel_could_not_install_is_no_missing_feature() -> None:
+    out = run_python("-c", PIDFD_AT_THE_LIMIT)
+    assert out.returncode == 0, out.stderr
+    error, left, after = out.stdout.splitlines()
+    assert "could not install the sender's pidfd (SCM_PIDFD: EMFILE)" in error
+    assert "RLIMIT_NOFILE" in error and "2 descriptors were closed" in error
+    # stdin, stdout, stderr and the two sockets: the two received were closed
+    assert int(left) == 5
+    assert after == "(b'next', [])", "the channel stays usable"
 
 
 @linux_identity
@@ -253,13 +320,15 @@ def test_recv_message_from_names_another_process(sock_type: int) -> None:
             theirs.close()
             assert child.stdout is not None
             pid = int(child.stdout.readline())
-            ch.settimeout(30)
-            data, fds, sender = ch.recv_message_from(100)
-            assert data == f"from {pid}".encode()
-            assert len(fds) == 1 and cloexec(fds[0])
-            os.close(fds[0])
-            check_sender(sender, pid, os.getuid(), os.getgid())  # while it lives
-            ours.send(b"!")
+            try:
+                ch.settimeout(30)
+                data, fds, sender = ch.recv_message_from(100)
+                assert data == f"from {pid}".encode()
+                assert len(fds) == 1 and cloexec(fds[0])
+                os.close(fds[0])
+                check_sender(sender, pid, os.getuid(), os.getgid())  # while it lives
+            finally:
+                ours.send(b"!")  # the child may go, whatever happened
         if sock_type != socket.SOCK_DGRAM:
             # At the end of a stream the kernel attaches zeroed credentials:
             # no message from pid 0.
@@ -394,6 +463,24 @@ def test_info_says_what_the_kernel_supports_and_how_refusal_works() -> None:
     assert "refuse_fds: every arriving descriptor is closed at receipt" in forced.stdout
 
 
+def test_info_says_no_for_what_a_kernel_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fdpass import _features
+
+    monkeypatch.setattr(_features, "identity_support",
+                        lambda: _features.IdentitySupport(False, False, False, False))
+    lines = _features.describe()
+    for name in ("SO_PEERPIDFD", "SO_PASSCRED", "SCM_PIDFD", "SO_PASSRIGHTS"):
+        assert any(line.startswith(f"{name}: no") for line in lines), name
+    assert any(line.startswith("refuse_fds: every arriving descriptor is closed at receipt")
+               for line in lines)
+
+
+def test_info_probes_match_what_the_channels_do() -> None:
+    from fdpass._features import identity_support
+
+    assert identity_support() == (not PORTABLE,) * 4
+
+
 # -- fdpass.aio --------------------------------------------------------------
 
 @linux_identity
@@ -412,7 +499,7 @@ def test_async_channels_know_their_peers_and_refuse() -> None:
             with pytest.raises(PermissionError):
                 await tx.send_fd(0)
             with pytest.raises(ValueError, match="refuses descriptors"):
-                await rx.recv_fd()
+                await asyncio.wait_for(rx.recv_fd(), 5)
             waiting = asyncio.ensure_future(rx.recv_message_from(10))
             await asyncio.sleep(0.01)
             a.send(b"hi")

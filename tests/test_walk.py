@@ -88,9 +88,11 @@ def test_unknown_messages_are_skipped() -> None:
 
 
 def test_negative_values_are_no_descriptors() -> None:
-    # SCM_PIDFD holds -errno when the kernel could make no pidfd.
+    # SCM_PIDFD holds -errno when the kernel could make no pidfd: the
+    # sender keeps the error (for recv_message_from to report EMFILE).
     control = cmsg(SOL_SOCKET, SCM_PIDFD, ints(-24)) + rights(90)
-    assert walk_control(control, MAX_FDS, True) == ([90], [], 1, (None, None, None, -1))
+    assert walk_control(control, MAX_FDS, True) == ([90], [], 1, (None, None, None, -24))
+    assert walk_control(control, MAX_FDS) == ([90], [], 1, None)
 
 
 def credentials(pid: int, uid: int, gid: int, cut: int = 0) -> bytes:
