@@ -29,7 +29,7 @@ from fdpass._posix cimport (
 
 import os
 import socket as _socket
-from errno import errorcode
+import errno as _errno
 
 from fdpass._credentials import Credentials
 from fdpass._credentials import Sender as SenderTuple
@@ -571,7 +571,7 @@ cdef int check_attested(const Sender *sender, int total) except -1:
     if sender.pidfd_error == EMFILE or sender.pidfd_error == ENFILE:
         raise ProtocolError(EBADMSG, (
             "the kernel could not install the sender's pidfd (SCM_PIDFD: "
-            f"{errorcode[sender.pidfd_error]}): this process is at its descriptor limit "
+            f"{_errno.errorcode[sender.pidfd_error]}): this process is at its descriptor limit "
             f"(RLIMIT_NOFILE); the message's {total} descriptors were closed"))
     if not sender.attested:
         raise ProtocolError(EBADMSG, "the kernel attached no credentials to this message "
