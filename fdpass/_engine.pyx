@@ -320,8 +320,8 @@ def wait_for_discards(double timeout=-1.0):
     return bool(idle)
 
 
-cdef int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
-                  int *total, size_t *other_space, Sender *sender) noexcept nogil:
+cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
+                         int *total, size_t *other_space, Sender *sender) noexcept nogil:
     """Walk every control message: the first maxfds SCM_RIGHTS descriptors
     go to fds, any beyond them to extra (for discarding); so does every
     SCM_PIDFD's pidfd, but the first when sender asks for one, with the
