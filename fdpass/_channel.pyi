@@ -27,6 +27,8 @@ _W = TypeVar("_W")
 MAX_FDS: int
 REFUSAL_ENV: str
 
+def refusal_forced_to_close() -> bool: ...
+
 def wrap_socketpair(make: Callable[[socket.socket], _W], type: int = ...) -> tuple[_W, _W]: ...
 
 @disjoint_base

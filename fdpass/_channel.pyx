@@ -27,9 +27,9 @@ from fdpass._posix cimport (
     sockaddr_storage, socklen_t,
 )
 
+import errno as _errno
 import os
 import socket as _socket
-import errno as _errno
 
 from fdpass._credentials import Credentials
 from fdpass._credentials import Sender as SenderTuple
@@ -106,13 +106,20 @@ cdef int set_option(int fd, int option, int value, str name) except -1:
     raise_os_error(saved, f"setsockopt({name}) on descriptor {fd}")
 
 
-cdef bint refuse_in_kernel(int fd) except -1:
-    """Turn SO_PASSRIGHTS off on fd: whether the kernel now refuses
-    descriptors sent to it (the sender gets EPERM).  Decided by whether
-    the option works, never by kernel version or headers."""
-    if os.environ.get(REFUSAL_ENV, "") not in ("", "0"):
-        return False
-    return set_option(fd, FDPASS_SO_PASSRIGHTS, 0, "SO_PASSRIGHTS") == 0
+def refusal_forced_to_close():
+    """Whether REFUSAL_ENV has refuse_fds close descriptors at receipt,
+    whatever the kernel could refuse."""
+    return os.environ.get(REFUSAL_ENV, "") not in ("", "0")
+
+
+cdef int refuse_in_kernel(int fd) except -1:
+    """Turn SO_PASSRIGHTS off on fd, unless REFUSAL_ENV says not to, so
+    that the kernel refuses descriptors sent to it (the sender gets EPERM)
+    where the option works; whether it does is never decided by kernel
+    version or headers."""
+    if not refusal_forced_to_close():
+        set_option(fd, FDPASS_SO_PASSRIGHTS, 0, "SO_PASSRIGHTS")
+    return 0
 
 
 cdef int refused() except -1:

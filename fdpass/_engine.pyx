@@ -22,8 +22,8 @@ from fdpass._posix cimport (
     FDPASS_SIGPIPE_GUARD, FDPASS_SO_DOMAIN, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT,
     MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
     cmsghdr, fdpass_control_t, fdpass_read_credentials, fdpass_sigpipe_block,
-    fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd, recvmsg, sendmsg, sockaddr, sockaddr_storage,
-    socklen_t,
+    fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd,
+    recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
 from fdpass._errors import ProtocolError
@@ -408,11 +408,11 @@ def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=Fa
     init_sender(&sender)
     taken = take_fds(&msg, fds, maxfds, extra, &nextra, &total, &other_space,
                      &sender if from_sender else NULL)
-    if not from_sender:
-        return [fds[i] for i in range(taken)], [extra[i] for i in range(nextra)], total, None
-    pidfd = sender.pidfd if sender.pidfd >= 0 else -sender.pidfd_error or -1
-    found = ((sender.pid, sender.uid, sender.gid, pidfd) if sender.attested
-             else (None, None, None, pidfd))
+    found = None
+    if from_sender:
+        pidfd = sender.pidfd if sender.pidfd >= 0 else -sender.pidfd_error or -1
+        found = ((sender.pid, sender.uid, sender.gid, pidfd) if sender.attested
+                 else (None, None, None, pidfd))
     return [fds[i] for i in range(taken)], [extra[i] for i in range(nextra)], total, found
 
 

@@ -9,7 +9,7 @@ import os
 import socket
 from typing import NamedTuple
 
-from fdpass._channel import REFUSAL_ENV, FDChannel
+from fdpass._channel import REFUSAL_ENV, FDChannel, refusal_forced_to_close
 from fdpass._errors import ProtocolError
 
 
@@ -68,7 +68,7 @@ def describe() -> list[str]:
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
-    forced = os.environ.get(REFUSAL_ENV, "") not in ("", "0")
+    forced = refusal_forced_to_close()
     refusal = ("the kernel refuses descriptors (SO_PASSRIGHTS): the sender gets "
                "PermissionError, nothing is queued" if support.kernel_refuses else
                "every arriving descriptor is closed at receipt, and that receive "

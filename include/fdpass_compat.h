@@ -247,6 +247,9 @@ typedef union {
 /* The connected peer's process, user and group: SO_PEERCRED (Linux), else
  * getpeereid() (BSDs, macOS), which has no pid (-1). */
 #include <unistd.h>
+#if defined(SO_PEERCRED) && defined(__linux__) && !defined(FDPASS_PORTABLE)
+#  define FDPASS_USE_SO_PEERCRED 1
+#endif
 #if defined(SO_PEERCRED) && defined(__linux__)
 /* ENOTCONN for a socket without a peer, which Linux reports as pid 0 and
  * uid -1.  0, or -1 with errno set. */
@@ -264,7 +267,7 @@ fdpass_peercred(int fd, struct ucred *cred)
 }
 #endif
 
-#if defined(SO_PEERCRED) && defined(__linux__) && !defined(FDPASS_PORTABLE)
+#ifdef FDPASS_USE_SO_PEERCRED
 #  define FDPASS_CREDENTIALS_METHOD "SO_PEERCRED"
 #else
 #  define FDPASS_CREDENTIALS_METHOD "getpeereid"
@@ -292,7 +295,7 @@ fdpass_getpeereid(int fd, uid_t *euid, gid_t *egid)
 static inline int
 fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
 {
-#if defined(SO_PEERCRED) && defined(__linux__) && !defined(FDPASS_PORTABLE)
+#ifdef FDPASS_USE_SO_PEERCRED
     struct ucred cred;
     if (fdpass_peercred(fd, &cred) < 0)
         return -1;
