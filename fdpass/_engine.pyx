@@ -189,8 +189,16 @@ cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
     return err
 
 
+cdef inline bint tripped(const Guard *guard, int sock) noexcept nogil:
+    """Whether the call's socket is no longer its own: the channel was
+    closed, or the socket.socket it wraps was closed elsewhere (its number
+    may be another file's already)."""
+    return guard != NULL and (guard.stop[0] != 0 or (guard.owner_fd != NULL
+                                                     and guard.owner_fd[0] != sock))
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
-                         double timeout, double deadline, const int *stop,
+                         double timeout, double deadline, const Guard *guard,
                          int *err) except -2:
     """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
     and keeps the GIL (it cannot wait, and releasing the GIL costs more than
@@ -198,10 +206,11 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
     inside the syscall when flags lack MSG_DONTWAIT (the descriptor's own
     behaviour), else in poll, for ever when timeout < 0, else while the
     timeout allows (until deadline when it is > 0).  A call that waits in
-    poll and is woken by close() from another thread (*stop set) never
-    touches the socket again.  EINTR is retried unless a signal handler
+    poll or inside the syscall and finds its socket no longer its own
+    (tripped: closed from another thread, or its socket.socket closed
+    elsewhere) never touches the number again.  EINTR is retried unless a signal handler
     raised.  -1 with err set on failure (ETIMEDOUT for a timeout,
-    FDPASS_ECLOSED when *stop was set while the call waited)."""
+    FDPASS_ECLOSED when the guard tripped while the call waited)."""
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
@@ -219,14 +228,16 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
         if n >= 0:
             return n
         saved = full_buffer(saved, writing, sock)
-        if stop != NULL and stop[0]:
+        if tripped(guard, sock):
             saved = FDPASS_ECLOSED
         elif saved == EINTR:
             PyErr_CheckSignals()
-            continue
+            if not tripped(guard, sock):
+                continue
+            saved = FDPASS_ECLOSED
         elif FDPASS_WOULD_BLOCK(saved) and timeout != 0:
             ready = wait_ready(sock, writing, timeout, deadline, err)
-            if stop != NULL and stop[0]:
+            if tripped(guard, sock):
                 ready = -1
                 err[0] = FDPASS_ECLOSED
             if ready == 1:
@@ -239,7 +250,7 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
 
 
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, const int *stop,
+                      size_t length, int flags, double timeout, const Guard *guard,
                       int *err, size_t *sent) except -2:
     """Send data with fds attached to its first byte, and the rest of it
     within the same deadline; 0, or -1 with err and sent set to the bytes
@@ -248,20 +259,20 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     or else (FDPASS_SIGPIPE_GUARD) SIGPIPE blocked in this thread around
     the whole send, and the one it raised taken.  A build without the
     guard compiles to the plain send_all call."""
-    cdef fdpass_sigpipe_t guard
+    cdef fdpass_sigpipe_t sigpipe
     cdef int rc = 0
     if not FDPASS_SIGPIPE_GUARD:
-        return send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
-    fdpass_sigpipe_block(&guard)
+        return send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
+    fdpass_sigpipe_block(&sigpipe)
     try:
-        rc = send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
+        rc = send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
     finally:
-        fdpass_sigpipe_restore(&guard, rc < 0 and err[0] == EPIPE)
+        fdpass_sigpipe_restore(&sigpipe, rc < 0 and err[0] == EPIPE)
     return rc
 
 
 cdef int send_all(int sock, const int *fds, int nfds, const char *data,
-                  size_t length, int flags, double timeout, const int *stop,
+                  size_t length, int flags, double timeout, const Guard *guard,
                   int *err, size_t *sent) except -2:
     """send_message's sendmsg loop: the descriptors go with the first
     byte, in a control buffer of exactly CMSG_SPACE(nfds ints), as FreeBSD
@@ -290,7 +301,7 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
     flags |= FDPASS_MSG_NOSIGNAL
     sent[0] = 0
     while True:
-        n = msg_call(True, sock, &msg, flags, timeout, deadline, stop, err)
+        n = msg_call(True, sock, &msg, flags, timeout, deadline, guard, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
@@ -298,6 +309,9 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
         sent[0] += n
         if sent[0] >= length:
             return 0
+        if tripped(guard, sock):  # the rest would go to whatever has the number now
+            err[0] = FDPASS_ECLOSED
+            return -1
         iov.iov_base = <void *>(data + sent[0])
         iov.iov_len = length - sent[0]
         msg.msg_control = NULL
@@ -473,7 +487,7 @@ def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=Fa
 
 
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
-                           int flags, double timeout, const int *stop, Received *out,
+                           int flags, double timeout, const Guard *guard, Received *out,
                            Sender *sender, int *err) except -2:
     """One recvmsg into buf; its descriptors into fds[:maxfds], and with a
     sender, who sent it (as far as the socket's SO_PASSCRED and
@@ -483,7 +497,7 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     flags (datagram and seqpacket sockets) refuses a record longer than
     buf.  0 with out->status set (on any status but RECV_OK and RECV_EMPTY
     every descriptor, the sender's pidfd too, is already discarded), or -1
-    with err (after *stop was set: FDPASS_ECLOSED, and the message's
+    with err (the guard tripped: FDPASS_ECLOSED, and the message's
     descriptors discarded)."""
     cdef fdpass_control_t control
     cdef int extra[FDPASS_CONTROL_INTS]
@@ -505,13 +519,13 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     if sender != NULL:
         init_sender(sender)
     n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
-                 deadline_for(timeout), stop, err)
+                 deadline_for(timeout), guard, err)
     if n < 0:
         return -1
     out.nbytes = n
     out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space, sender)
     discard_fds(extra, nextra)
-    if stop != NULL and stop[0]:
+    if tripped(guard, sock):
         discard_received(fds, out, sender)
         err[0] = FDPASS_ECLOSED
         return -1
