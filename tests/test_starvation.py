@@ -46,7 +46,10 @@ RATE = 50         # lingering sockets a second, from the hostile peer
 LINGER = 30       # seconds each would linger
 HOLD = 1.0        # seconds before its peer goes (see above)
 PROMPT = 0.1      # seconds within which a close is seen, a discard closed
-BLOCKED = CLOSERS // 2  # closes blocked at once in the second soak
+GIVE_UP = 2.0     # seconds after which a close not seen counts as never seen
+#: Closes blocked at once in the second soak: fewer than the bound, which
+#: the contract puts at 8 at least.
+BLOCKED = 7
 #: Descriptors the soak may hold open beyond where it started: the lingering
 #: sockets' peers and listeners (2 * RATE * HOLD), the honest channels.
 FD_BOUND = 2 * RATE * HOLD + 60
@@ -119,9 +122,12 @@ class Honest:
                     await a.send_fd(self.passed)
                     os.close(await b.recv_fd())
                     closed = time.monotonic()
-                with pytest.raises(EOFError):
-                    await b.recv_fd()
-                delays.append(time.monotonic() - closed)
+                try:
+                    await asyncio.wait_for(b.recv_fd(), GIVE_UP)
+                except EOFError:
+                    delays.append(time.monotonic() - closed)
+                except asyncio.TimeoutError:
+                    delays.append(float("inf"))
             await asyncio.sleep(0.005)
 
     def _blocking_cycles(self) -> None:
@@ -129,14 +135,17 @@ class Honest:
         while not self.soak.stopping.is_set():
             a, b = FDChannel.pair()
             with b:
-                b.settimeout(10)
+                b.settimeout(GIVE_UP)
                 with a:
                     a.send_fd(self.passed)
                     os.close(b.recv_fd())
                     closed = time.monotonic()
-                with pytest.raises(EOFError):
+                try:
                     b.recv_fd()
-                delays.append(time.monotonic() - closed)
+                except EOFError:
+                    delays.append(time.monotonic() - closed)
+                except TimeoutError:
+                    delays.append(float("inf"))
             time.sleep(0.005)
 
     def summary(self) -> str:
@@ -175,12 +184,16 @@ def test_a_hostile_peer_cannot_starve_the_closer(passed: int) -> None:
     hostile, mine = socket.socketpair()
     held: deque[tuple[float, Lingering]] = deque()
     refused = 0
+    # A message is received only once its sender has closed its copy of the
+    # lingering socket: the receiver's close is then the last one.
+    sent = threading.Semaphore(0)
     with hostile, mine, FDChannel(mine, closefd=False) as room:
         room.settimeout(10)
 
         def receive() -> None:  # the room: a channel that takes one descriptor
             nonlocal refused
             while True:
+                sent.acquire()
                 try:
                     os.close(room.recv_fd())
                 except ProtocolError:
@@ -191,21 +204,23 @@ def test_a_hostile_peer_cannot_starve_the_closer(passed: int) -> None:
                 raise AssertionError("the room took a descriptor from a message of two")
 
         def attack() -> None:
-            sent = 0
+            count = 0
             began = time.monotonic()
             try:
                 while not soak.stopping.is_set():
                     now = time.monotonic()
                     released_after(HOLD, held, now)
-                    if now < began + sent / RATE:
+                    if now < began + count / RATE:
                         time.sleep(0.002)
                         continue
                     one = Lingering(LINGER)
                     attach_lingering(hostile, one, b"\0", [passed])
+                    sent.release()
                     held.append((now, one))
-                    sent += 1
+                    count += 1
             finally:
                 hostile.shutdown(socket.SHUT_WR)  # the room reads the end
+                sent.release()
                 released_after(-1, held, time.monotonic())
 
         honest = Honest(soak, passed)
@@ -281,6 +296,7 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     assert probes >= 10 * SECONDS
     assert not late, f"{len(late)} of {probes} discards closed late (s): {late[:10]}"
     honest.check()
+    assert BLOCKED < CLOSERS
     assert max(soak.closers) <= CLOSERS
     assert max(soak.fds) - start_fds <= FD_BOUND
     assert fdpass.wait_for_discards(5)
