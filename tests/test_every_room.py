@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -85,7 +85,8 @@ class Timed:
 # -- FDChannel, the functional API, the converters ----------------------------
 
 class Room(NamedTuple):
-    call: Callable[[FDChannel], object]
+    """A receive of FDChannel, or of AsyncFDChannel (the same names, awaited)."""
+    call: Callable[[Any], Any]
     error: type[BaseException]
     match: str
     passcred: bool = False
@@ -246,29 +247,7 @@ def on_the_loop(run: Runner, main: Callable[[], Awaitable[None]]) -> None:
     assert longest < STALL, f"the event loop stopped for {longest:.2f} s"
 
 
-class AsyncRoom(NamedTuple):
-    call: Callable[[AsyncFDChannel], Awaitable[object]]
-    error: type[BaseException]
-    match: str
-    passcred: bool = False
-
-
-ASYNC_EXTRAS = {
-    "recv_fd": AsyncRoom(lambda ch: ch.recv_fd(), ProtocolError, TOO_MANY),
-    "recv_fds": AsyncRoom(lambda ch: ch.recv_fds(1), ProtocolError, TOO_MANY),
-    "recv_message": AsyncRoom(lambda ch: ch.recv_message(16, 1), ProtocolError, TOO_MANY),
-    "recv_message_from": AsyncRoom(lambda ch: ch.recv_message_from(16, 1), ProtocolError,
-                                   TOO_MANY, passcred=True),
-    "recv_file": AsyncRoom(lambda ch: ch.recv_file(), ProtocolError, TOO_MANY),
-    "recv_socket": AsyncRoom(lambda ch: ch.recv_socket(), ProtocolError, TOO_MANY),
-}
-ASYNC_WRONG_KIND = {
-    "recv_socket": AsyncRoom(lambda ch: ch.recv_socket(), OSError, "not a socket"),
-    "recv_file": AsyncRoom(lambda ch: ch.recv_file("rb"), ValueError, "write-only"),
-}
-
-
-async def received_while_waiting(room: AsyncRoom, send: Callable[[socket.socket], None]) -> None:
+async def received_while_waiting(room: Room, send: Callable[[socket.socket], None]) -> None:
     """room's call waits on the loop; then send(peer) sends it what it
     must refuse, and it raises the room's error at once."""
     x, y = socket.socketpair()
@@ -283,16 +262,16 @@ async def received_while_waiting(room: AsyncRoom, send: Callable[[socket.socket]
         assert time.monotonic() - start < STALL
 
 
-@pytest.mark.parametrize("room", sorted(ASYNC_EXTRAS))
+@pytest.mark.parametrize("room", sorted(EXTRAS))
 def test_an_async_channel_refuses_a_lingering_extra(
         run: Runner, pipe: tuple[int, int], lingering: Make, room: str) -> None:
     held = lingering()
     on_the_loop(run, lambda: received_while_waiting(
-        ASYNC_EXTRAS[room], lambda peer: attach_lingering(peer, held, b"\0", [pipe[0]])))
+        EXTRAS[room], lambda peer: attach_lingering(peer, held, b"\0", [pipe[0]])))
     assert_refused_at_once(held)
 
 
-@pytest.mark.parametrize("room", sorted(ASYNC_WRONG_KIND))
+@pytest.mark.parametrize("room", sorted(WRONG_KIND))
 def test_an_async_converter_discards_the_wrong_kind_at_once(run: Runner, room: str) -> None:
     r, w = os.pipe()
 
@@ -301,7 +280,7 @@ def test_an_async_converter_discards_the_wrong_kind_at_once(run: Runner, room: s
         os.close(w)
 
     try:
-        on_the_loop(run, lambda: received_while_waiting(ASYNC_WRONG_KIND[room], send))
+        on_the_loop(run, lambda: received_while_waiting(WRONG_KIND[room], send))
         assert_closed_at_once(r)
     finally:
         os.close(r)
@@ -392,6 +371,18 @@ class Successor(NamedTuple):
     then: Script | None = None  # in a thread, while the offer waits
 
 
+def ready_with(conn: socket.socket, held: Lingering, fd: int) -> None:
+    """Take the offered sockets, then say READY with descriptors."""
+    read_sockets_frames(conn, 2)
+    attach_lingering(conn, held, raw_header(b"R", 0), [fd])
+
+
+def hello_with_a_body_then(conn: socket.socket, held: Lingering, fd: int) -> None:
+    """A HELLO the offer refuses, and descriptors it never reads behind it."""
+    conn.sendall(raw_header(b"H", 3) + b"abc")
+    attach_lingering(conn, held, b"\0", [fd])
+
+
 SUCCESSORS = {
     "hello-with-descriptors": Successor(
         lambda conn, held, fd: attach_lingering(conn, held, raw_header(b"H", 0), [fd]),
@@ -405,12 +396,9 @@ SUCCESSORS = {
         "version 2"),
     "ready-with-descriptors": Successor(
         lambda conn, held, fd: conn.sendall(raw_header(b"H", 0)), "expected READY",
-        then=lambda conn, held, fd: (read_sockets_frames(conn, 2),
-                                     attach_lingering(conn, held, raw_header(b"R", 0), [fd]))),
+        then=ready_with),
     "hello-with-a-body-then-queued": Successor(
-        lambda conn, held, fd: (conn.sendall(raw_header(b"H", 3) + b"abc"),
-                                attach_lingering(conn, held, b"\0", [fd])),
-        "expected HELLO", closing_queued=True),
+        hello_with_a_body_then, "expected HELLO", closing_queued=True),
 }
 
 

@@ -90,9 +90,15 @@ class Soak:
             self.fds.append(fd_count())
             self.closers.append(closer_state()[0])
 
-    def run_for(self, seconds: float) -> None:
-        self.stopping.wait(seconds)
-        self.stop()
+    def run_for(self, seconds: float, held: deque[tuple[float, Lingering]]) -> None:
+        """Run, then stop, and end every close still lingering on held."""
+        try:
+            self.stopping.wait(seconds)
+        finally:
+            try:
+                self.stop()
+            finally:
+                released_after(-1, held, time.monotonic())
 
     def stop(self) -> None:
         self.stopping.set()
@@ -226,11 +232,7 @@ def test_a_hostile_peer_cannot_starve_the_closer(passed: int) -> None:
         honest = Honest(soak, passed)
         soak.spawn(receive)
         soak.spawn(attack)
-        try:
-            soak.run_for(SECONDS)
-        finally:
-            soak.stop()
-            released_after(-1, held, time.monotonic())
+        soak.run_for(SECONDS, held)
     print(f"{refused} lingering sockets refused; {honest.summary()}; descriptors "
           f"{start_fds} -> at most {max(soak.fds)} -> {fd_count()}")
     assert refused >= 0.8 * RATE * SECONDS
@@ -285,11 +287,7 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     soak.spawn(block)
     honest = Honest(soak, passed)
     soak.spawn(probe)
-    try:
-        soak.run_for(SECONDS)
-    finally:
-        soak.stop()
-        released_after(-1, blocked, time.monotonic())
+    soak.run_for(SECONDS, blocked)
     print(f"{probes} discards, the slowest closed in {max(probe_delays) * 1000:.1f} ms; "
           f"{honest.summary()}; closer threads at most {max(soak.closers)}; descriptors "
           f"{start_fds} -> at most {max(soak.fds)}")
