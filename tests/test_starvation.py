@@ -32,14 +32,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 import fdpass
-from fdpass import FDChannel, ProtocolError
+from fdpass import FDChannel, ProtocolError, aio
 from fdpass._engine import CLOSERS, closer_state, discard
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, attach_lingering
+from support import Lingering, attach_lingering, raw_send
 
 SECONDS = float(os.environ.get("FDPASS_STARVE_SECONDS", "2"))
 RATE = 50         # lingering sockets a second, from the hostile peer
@@ -300,3 +301,81 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     assert fdpass.wait_for_discards(5)
     assert closer_state() == (0, 0, 0)
     assert (fd_count(), thread_count()) == (start_fds, start_threads)
+
+
+# -- starving the closer by what it closes: issue 18, open -------------------
+
+def assert_a_later_discard_closes_at_once() -> None:
+    """With closes blocked, a pipe's write end discarded now is closed
+    (its read end sees EOF) within PROMPT."""
+    r, w = os.pipe()
+    try:
+        discard(w)
+        assert select.select([r], [], [], PROMPT)[0], f"closer starved: {closer_state()}"
+    finally:
+        os.close(r)
+
+
+def unix_socket_holding(one: Lingering) -> socket.socket:
+    """An AF_UNIX socket whose queue holds the lingering socket: its close
+    releases the queue, and so is the lingering socket's last close."""
+    x, y = socket.socketpair()
+    with x:
+        attach_lingering(x, one, b"\0", [])
+    return y
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 18: a refused AF_UNIX socket is closed as it is (SO_LINGER means "
+    "nothing to it), and its close releases its queue: a lingering socket "
+    "queued in it lingers on a closing thread; CLOSERS of them starve the closer"))
+def test_refused_unix_sockets_carrying_lingering_ones_starve_no_closer(
+        stream: tuple[socket.socket, socket.socket], pipe: tuple[int, int]) -> None:
+    peer, mine = stream
+    held = [Lingering(1) for _ in range(CLOSERS)]
+    try:
+        with FDChannel(mine, closefd=False) as room:
+            for one in held:
+                with unix_socket_holding(one) as extra:
+                    raw_send(peer, b"\0", [pipe[0], extra.fileno()])
+                with pytest.raises(ProtocolError):
+                    room.recv_fd()
+        assert_a_later_discard_closes_at_once()
+    finally:
+        for one in held:
+            one.close()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "issue 18: a server's own sockets close as set up, and a client chose what "
+    "their queues hold: CLOSERS clients that each leave a lingering socket "
+    "unread when the server closes them starve the closer"))
+def test_clients_leaving_lingering_sockets_unread_starve_no_server(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    held = [Lingering(1) for _ in range(CLOSERS)]
+
+    async def handle(channel: AsyncFDChannel) -> None:
+        await channel.recv_message(100)  # one request; then it works, and closes
+        await asyncio.sleep(0.2)
+
+    async def main() -> None:
+        async with await aio.start_server(handle, path):
+            clients = [socket.socket(socket.AF_UNIX) for _ in held]
+            try:
+                for client in clients:
+                    client.connect(str(path))
+                    client.sendall(b"request")
+                await asyncio.sleep(0.1)  # each request read
+                for client, one in zip(clients, held):
+                    attach_lingering(client, one, b"\0", [])  # never read
+                await asyncio.sleep(0.3)  # each connection closed by the server
+                assert_a_later_discard_closes_at_once()
+            finally:
+                for client in clients:
+                    client.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        for one in held:
+            one.close()
