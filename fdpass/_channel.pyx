@@ -536,7 +536,7 @@ cdef class FDChannel:
                             raise ProtocolError(EBADMSG, (
                                 "this channel refuses descriptors (refuse_fds=True): "
                                 f"the message carried some ({r.total} received), and they "
-                                "were closed at receipt"))
+                                "are closed in the background"))
                         raise_recv_status(&r, <int>maxfds, self._type)
                     data = PyBytes_FromStringAndSize(buf, r.nbytes)
                     received = [fds[i] for i in range(r.nfds)]
@@ -584,7 +584,7 @@ cdef int check_attested(const Sender *sender, int total) except -1:
         raise ProtocolError(EBADMSG, (
             "the kernel could not install the sender's pidfd (SCM_PIDFD: "
             f"{_errno.errorcode[sender.pidfd_error]}): this process is at its descriptor limit "
-            f"(RLIMIT_NOFILE); the message's {total} descriptors were closed"))
+            f"(RLIMIT_NOFILE); the message's {total} descriptors are closed in the background"))
     if not sender.attested:
         raise ProtocolError(EBADMSG, "the kernel attached no credentials to this message "
                             "(SCM_CREDENTIALS): its sender is unknown")

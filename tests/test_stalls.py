@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ import fdpass
 from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, raw_send, same_file
+from support import Lingering, open_fds, raw_send, same_file
 
 LINGER = 3      # seconds the discarded socket's close would take
 PROMPT = 1.0    # a receive that waited for it would take LINGER
@@ -193,3 +194,40 @@ def test_closing_a_server_with_an_unaccepted_connection_stalls_nothing(
 
     assert asyncio.run(main()) < PROMPT
     assert_closing_off_thread()
+
+
+def test_a_receive_during_which_the_kernel_discards_stops_no_other_thread(
+        stream: tuple[socket.socket, socket.socket],
+        lingering: Callable[[], Lingering]) -> None:
+    # At RLIMIT_NOFILE the kernel itself drops what it cannot install, and
+    # the last close of the lingering socket happens in the receiving thread,
+    # on its way out of recvmsg: that thread waits, holding no GIL.
+    peer, mine = stream
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        last = time.monotonic()
+        while not done.wait(0.01):
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    with FDChannel(mine, closefd=False) as rx:
+        attach(peer, lingering(), b"\0", [])
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = min(set(range(len(open_fds()) + 2)) - set(open_fds()))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limit[1]))
+        try:
+            start = time.monotonic()
+            with pytest.raises(ProtocolError, match="RLIMIT_NOFILE"):
+                rx.recv_fd()
+            took = time.monotonic() - start
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            done.set()
+            ticker.join()
+    assert took > LINGER - 1, "the kernel's own close lingered in this thread"
+    assert max(gaps) < 0.5, f"another thread stopped for {max(gaps):.2f} s"
