@@ -306,7 +306,7 @@ async def open_channel(path: StrPath) -> AsyncFDChannel:
         await _connect(sock, address)
         return AsyncFDChannel(sock)
     except BaseException:
-        sock.close()
+        discard(sock, own=True)  # connected, its queue may hold a peer's descriptors
         raise
 
 
@@ -495,7 +495,7 @@ async def start_server(handler: Handler, path: StrPath | None = None, *,
         listener.listen(backlog)
         return Server(listener, handler, unlink=cleanup_socket)
     except BaseException:
-        listener.close()
+        discard(listener, own=True)  # listening, it may hold unaccepted connections
         raise
 
 
