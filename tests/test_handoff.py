@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import fdpass
-from fdpass import handoff
+from fdpass import aio, handoff
 from support import Child, fill_backlog, peer_pid, python_child, raw_send, same_file
 
 OTHER_UID = 65534
@@ -259,12 +259,17 @@ while time.monotonic() < end:
 """
 
 
-def test_the_mode_is_never_set_through_a_link_swapped_in(shared_dir: str,
-                                                         listeners: Offered) -> None:
+OFFERS = {"blocking": handoff.Offer, "asyncio": aio.AsyncOffer}
+
+
+@pytest.mark.parametrize("form", sorted(OFFERS))
+def test_the_mode_is_never_set_through_a_link_swapped_in(shared_dir: str, listeners: Offered,
+                                                         form: str) -> None:
     """A process that may write in the offer's directory swaps a symlink to
     a file of its choosing in at path, again and again, while offers are
     made there: that file keeps its mode (chmod(path) after bind() once
-    made it 0600, within a few hundred offers)."""
+    made it 0600, within a few hundred offers).  AsyncOffer is made and
+    closed without a loop, as it may be."""
     path = os.path.join(shared_dir, "offer.sock")
     victim = os.path.join(shared_dir, "victim")
     with open(victim, "w"):
@@ -276,7 +281,7 @@ def test_the_mode_is_never_set_through_a_link_swapped_in(shared_dir: str,
         while attacker.poll() is None and made < 3000:
             tried += 1
             try:
-                offer = handoff.Offer(path, listeners)
+                offer = OFFERS[form](path, listeners)
             except OSError:
                 continue  # the link was there first: refused
             made += 1
@@ -288,8 +293,9 @@ def test_the_mode_is_never_set_through_a_link_swapped_in(shared_dir: str,
     assert [name for name in os.listdir(shared_dir) if name.startswith(".fdpass-")] == []
 
 
-def test_an_offer_at_a_path_longer_than_sockaddr_un_holds(tmp_path: Path,
-                                                           listeners: Offered) -> None:
+@pytest.mark.parametrize("form", sorted(OFFERS))
+def test_an_offer_at_a_path_longer_than_sockaddr_un_holds(tmp_path: Path, listeners: Offered,
+                                                           form: str) -> None:
     """The socket is bound in a private directory, through /proc/self/fd
     where there is one, so path itself may be longer than AF_UNIX allows."""
     if not os.path.isdir("/proc/self/fd"):
@@ -297,9 +303,12 @@ def test_an_offer_at_a_path_longer_than_sockaddr_un_holds(tmp_path: Path,
     deep = tmp_path / ("d" * 120)
     deep.mkdir()
     path = str(deep / "offer.sock")
-    with handoff.Offer(path, listeners):
+    offer = OFFERS[form](path, listeners)
+    try:
         assert stat.S_ISSOCK(os.lstat(path).st_mode)
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    finally:
+        offer.close()
     assert os.listdir(deep) == []
 
 
