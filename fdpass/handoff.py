@@ -475,7 +475,7 @@ def _listen_at(path: str | bytes, sock_timeout: float | None) -> tuple[socket.so
         listener.settimeout(sock_timeout)
         return listener, inode
     except BaseException:
-        listener.close()
+        discard(listener, own=True)  # once at path, it may hold connections
         raise
     finally:
         os.rmdir(private)

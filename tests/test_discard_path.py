@@ -23,6 +23,7 @@ USERS = {"_bench.py", "_soak.py", "_demo.py", "_demo_handoff.py", "_benchfloor.p
 ALLOWED = {
     ("_features.py", "os.close(ours.peer_pidfd())"),   # a pidfd it asked for
     ("systemd.py", "os.close(fd)"),                   # a pidfd of pidfd_open's, in _pidfd_inode
+    ("handoff.py", "os.close(directory)"),            # the offer's private directory
     ("_channel.pyx", "close(fd)"),                    # the channel's own socket, closefd=True
     ("_channel.pyx", "rc = close(fd)"),               # the same, in _release
 }
