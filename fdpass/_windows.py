@@ -560,9 +560,8 @@ class FDChannel:
                 raise ProtocolError(errno.EBADMSG, f"a frame of {length} bytes")
             body = _recv_exact(self._sock, length) if length else b""
         if kind == _HELLO:
-            if len(body) != 4 or count or self._peer_process is not None:
+            if len(body) != 4 or count or self._peer_pid >= 0:
                 raise ProtocolError(errno.EBADMSG, "a malformed or second hello")
-            self._peer_process = _open_process(int.from_bytes(body, "little"))
             self._peer_pid = int.from_bytes(body, "little")
         elif kind != _MESSAGE:
             raise ProtocolError(errno.EBADMSG, f"unknown frame type {kind}")
@@ -599,13 +598,13 @@ class FDChannel:
     def _learn_peer(self) -> int:
         """The peer's process handle, from its hello (the first frame each
         side writes, at construction): read once per channel, by this call
-        or by a receive in another thread."""
-        while self._peer_process is None:
+        or by a receive in another thread, and opened on the first send."""
+        while self._peer_pid < 0:
             self._check_open()
-            if not self._recv_lock.acquire(timeout=0.05):
+            if not self._recv_lock.acquire(timeout=_WAKE_STEP):
                 continue  # a receive is under way: it reads the hello first
             try:
-                if self._peer_process is None:
+                if self._peer_pid < 0:
                     try:
                         kind, count, body = self._read_frame()
                     except EOFError:
@@ -615,6 +614,8 @@ class FDChannel:
                         raise ProtocolError(errno.EBADMSG, "the peer sent a message before its hello")
             finally:
                 self._recv_lock.release()
+        if self._peer_process is None:
+            self._peer_process = _open_process(self._peer_pid)
         return self._peer_process
 
     # --- sending ----------------------------------------------------------
@@ -638,6 +639,7 @@ class FDChannel:
             self._wait_writable()
             if _winapi.WaitForSingleObject(process, 0) == _winapi.WAIT_OBJECT_0:
                 raise BrokenPipeError(errno.EPIPE, f"the peer process {self._peer_pid} has ended")
+            self._check_peer_still_there()
             pushed: list[_Pushed] = []
             try:
                 body = bytearray()
@@ -660,6 +662,21 @@ class FDChannel:
                 if isinstance(error, (ConnectionResetError, ConnectionAbortedError)):
                     raise BrokenPipeError(errno.EPIPE, str(error)) from error
                 raise
+
+    def _check_peer_still_there(self) -> None:
+        """BrokenPipeError if the peer has closed its end: a frame sent now
+        would never be read, and its handles would stay in the peer's
+        process till it exits."""
+        if not select.select([self._sock], [], [], 0)[0]:
+            return
+        try:
+            gone = self._sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return
+        except (ConnectionResetError, ConnectionAbortedError) as error:
+            raise BrokenPipeError(errno.EPIPE, str(error)) from error
+        if gone:
+            raise BrokenPipeError(errno.EPIPE, "the peer closed its end of the channel")
 
     def _wait_writable(self) -> None:
         """The channel's timeout applies before anything is duplicated."""

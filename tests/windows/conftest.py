@@ -15,7 +15,9 @@ import pytest
 if sys.platform != "win32":
     collect_ignore_glob = ["*.py"]
 else:
-    from winsupport import open_handles
+    from winsupport import open_handles, warm_up
+
+    warm_up()
 
     TEST_TIMEOUT = 120.0
 
@@ -26,7 +28,7 @@ else:
         with every thread's stack, as a hung test must not hold CI."""
         gc.collect()
         before = open_handles()
-        faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True, file=sys.__stderr__)
+        faulthandler.dump_traceback_later(TEST_TIMEOUT, exit=True, file=2)
         try:
             yield
         finally:

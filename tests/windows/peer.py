@@ -106,7 +106,7 @@ def channel_sender(sock: socket.socket) -> None:
         mine.sendall(b"through the socket")
         data, fds = ch.recv_message(16)
         for fd in fds:
-            socket.socket(fileno=fd).close()
+            os.close(fd)
         assert data == b"done", data
     print("sent")
 
@@ -116,11 +116,14 @@ def round_trips(sock: socket.socket) -> None:
     count = int(sys.argv[3])
     with fdpass.FDChannel(sock) as ch:
         r, w = os.pipe()
+        os.close(ch.recv_fd())
+        ch.send_fd(w)  # the channel's own handles (the test's process) exist from here
         before = winsupport.handle_count()
-        for _ in range(count):
+        for _ in range(count - 1):
             os.close(ch.recv_fd())
             ch.send_fd(w)
-        ch.recv_message(16)  # the test's last word: everything taken
+        for fd in ch.recv_message(16)[1]:  # the test's last word
+            os.close(fd)
         after = winsupport.handle_count()
         os.close(r)
         os.close(w)

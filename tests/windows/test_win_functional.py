@@ -32,6 +32,7 @@ def test_send_to_a_raw_receiver() -> None:
         os.close(w)
         assert fdpass.send(peer.sock.fileno(), r) is True
         os.close(r)
+        peer.sock.shutdown(socket.SHUT_WR)  # the peer checks nothing more came
         assert peer.finish() == "sent by fdpass.send"
 
 
