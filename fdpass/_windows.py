@@ -642,16 +642,20 @@ class FDChannel:
             self._check_peer_still_there()
             pushed: list[_Pushed] = []
             try:
-                body = bytearray()
-                for sock, handle in items:
+                # Handles first (a failure can still take them back), then
+                # sockets; the frame keeps the caller's order.
+                values: dict[int, bytes] = {}
+                for index, (sock, handle) in enumerate(items):
                     if sock is None:
                         pushed.append(_Pushed(_duplicate(handle, process), process, False))
-                        value = pushed[-1].value.to_bytes(8, "little")
-                        body += _ITEM.pack(_HANDLE, len(value)) + value
-                for sock, _ in items:
+                        values[index] = pushed[-1].value.to_bytes(8, "little")
+                for index, (sock, _) in enumerate(items):
                     if sock is not None:
-                        share = sock.share(self._peer_pid)
-                        body += _ITEM.pack(_SOCKET, len(share)) + share
+                        values[index] = sock.share(self._peer_pid)
+                body = bytearray()
+                for index, (sock, _) in enumerate(items):
+                    body += _ITEM.pack(_HANDLE if sock is None else _SOCKET, len(values[index]))
+                    body += values[index]
                 body += payload
                 frame = _HEADER.pack(_MAGIC, FRAME_VERSION, _MESSAGE, len(items), len(body))
                 with self._stall_bounded():
