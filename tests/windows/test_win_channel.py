@@ -77,12 +77,12 @@ def test_send_fds_with_data_and_recv_message(
         tx.send_fds([w, a, w], b"payload")
         data, fds = rx.recv_message(64)
         assert data == b"payload" and len(fds) == 3
-        os.write(fds[0], b"1")
-        os.write(fds[1], b"2")
-        with socket.socket(fileno=fds[2]) as s:
+        os.write(fds[0], b"1")  # in the order sent
+        os.write(fds[2], b"2")
+        with socket.socket(fileno=fds[1]) as s:
             s.sendall(b"socket")
         os.close(fds[0])
-        os.close(fds[1])
+        os.close(fds[2])
         assert os.read(r, 2) == b"12"
         assert b.recv(16) == b"socket"
 
