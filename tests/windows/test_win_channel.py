@@ -196,6 +196,7 @@ def test_another_frame_version_is_a_protocol_error() -> None:
     a, b = socket.socketpair()
     with a, fdpass.FDChannel(b) as rx:
         a.sendall(struct.pack("<4sBBHI", b"FDPW", 2, 0, 0, 4) + os.getpid().to_bytes(4, "little"))
+        rx.settimeout(5.0)
         with pytest.raises(fdpass.ProtocolError, match="version 2"):
             rx.recv_message(16)
 
