@@ -17,7 +17,6 @@ if sys.platform != "win32":
 import _winapi
 import codecs
 import errno
-import io
 import msvcrt
 import os
 import select
@@ -60,7 +59,6 @@ _WAKE_STEP = 0.1
 _PROCESS_DUP_HANDLE = _winapi.PROCESS_DUP_HANDLE
 _SYNCHRONIZE = 0x00100000
 _FILE_TYPE_DISK, _FILE_TYPE_PIPE = 1, 3
-_ERROR_ACCESS_DENIED = 5
 
 
 class _HasFileno(Protocol):
@@ -401,10 +399,6 @@ class FDChannel:
                 raise ValueError(f"socket descriptor {fileno} is negative")
             self._sock = socket.socket(fileno=fileno)
             self._borrowed = True
-        if self._sock.fileno() == -1:
-            raise ValueError("the socket is closed")
-        if self._sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"FDChannel needs a stream socket, not {self._sock.type!r}")
         self._closefd = closefd
         self._closed = False
         self._send_lock = threading.Lock()
@@ -414,6 +408,10 @@ class FDChannel:
         self._pending: list[_Item] = []
         self._draining = False
         try:
+            if self._sock.fileno() == -1:
+                raise ValueError("the socket is closed")
+            if self._sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"FDChannel needs a stream socket, not {self._sock.type!r}")
             self._sock.getpeername()
             with self._stall_bounded():
                 self._sock.sendall(_HEADER.pack(_MAGIC, FRAME_VERSION, _HELLO, 0, 4)
@@ -670,15 +668,20 @@ class FDChannel:
     def _check_peer_still_there(self) -> None:
         """BrokenPipeError if the peer has closed its end: a frame sent now
         would never be read, and its handles would stay in the peer's
-        process till it exits."""
-        if not select.select([self._sock], [], [], 0)[0]:
+        process till it exits.  Skipped while another thread receives: the
+        peek could then block, and that receive sees the end itself."""
+        if not self._recv_lock.acquire(blocking=False):
             return
         try:
+            if not select.select([self._sock], [], [], 0)[0]:
+                return
             gone = self._sock.recv(1, socket.MSG_PEEK) == b""
         except BlockingIOError:
             return
         except (ConnectionResetError, ConnectionAbortedError) as error:
             raise BrokenPipeError(errno.EPIPE, str(error)) from error
+        finally:
+            self._recv_lock.release()
         if gone:
             raise BrokenPipeError(errno.EPIPE, "the peer closed its end of the channel")
 
