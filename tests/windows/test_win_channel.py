@@ -425,3 +425,33 @@ def test_a_peer_that_is_gone_gives_broken_pipe() -> None:
                 time.sleep(0.01)
     os.close(r)
     os.close(w)
+
+
+def test_a_message_longer_than_bufsize_is_a_protocol_error_and_its_handles_closed(
+        pair: tuple[fdpass.FDChannel, fdpass.FDChannel], pipe: tuple[int, int]) -> None:
+    tx, rx = pair
+    tx.send_fds([pipe[0], pipe[1]], b"x" * 100)
+    before = open_handles()
+    with pytest.raises(fdpass.ProtocolError, match="bufsize"):
+        rx.recv_message(10)
+    assert open_handles() <= before
+    tx.send_fds([pipe[0]], b"short")
+    data, fds = rx.recv_message(10)  # the channel is still usable
+    assert data == b"short"
+    os.close(fds[0])
+
+
+def test_a_full_socket_refuses_a_nonblocking_send_before_duplicating(
+        pair: tuple[fdpass.FDChannel, fdpass.FDChannel], pipe: tuple[int, int]) -> None:
+    """BlockingIOError once the peer's buffer is full; what was sent is closed
+    with the receiving channel, and the refused send made no handle."""
+    tx, rx = pair
+    before = handle_count()
+    tx.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        for _ in range(10_000):
+            tx.send_fds([pipe[0]], b"x" * 65536)
+    after_refusal = handle_count()
+    rx.close()
+    assert handle_count() < after_refusal
+    assert handle_count() <= before
