@@ -762,11 +762,23 @@ class FDChannel:
             _discard(item)
             raise
         fd = _to_descriptor(item.handle)
+        taken = False
+
+        def opener(path: str, flags: int) -> int:
+            nonlocal taken  # from here on, a failing open() closes fd itself
+            taken = True
+            return fd
+
         try:
-            return open(fd, chosen, buffering, encoding, errors, newline)
+            f = open("<received handle>", chosen, buffering, encoding, errors, newline,
+                     opener=opener)
         except BaseException:
-            os.close(fd)
+            if not taken:
+                os.close(fd)
             raise
+        raw = getattr(f, "buffer", f)
+        getattr(raw, "raw", raw).name = fd  # as open(fd) names it
+        return f
 
     def recv_socket(self) -> socket.socket:
         """The received socket (socket.fromshare); a handle that is no
