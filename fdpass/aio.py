@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
+from fdpass._channel import MAX_FDS, FDChannel, naming_path, wrap_socketpair
 from fdpass._credentials import Credentials, Sender
 from fdpass._engine import discard
 
@@ -147,7 +147,13 @@ class AsyncFDChannel:
                  passcred: bool = False) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"AsyncFDChannel needs a socket.socket, not {type(sock).__name__}")
-        self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        try:
+            self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        except ValueError as error:  # "FDChannel needs ...": the caller made an AsyncFDChannel
+            message = str(error)
+            if not message.startswith("FDChannel "):
+                raise
+            raise ValueError("Async" + message) from None
         sock.setblocking(False)
         self._sock = sock
         self._reading = _Turns(writing=False)
@@ -160,13 +166,16 @@ class AsyncFDChannel:
 
     @property
     def closed(self) -> bool:
+        """As FDChannel's."""
         return self._channel.closed
 
     @property
     def type(self) -> socket.SocketKind:
+        """As FDChannel's."""
         return self._channel.type
 
     def fileno(self) -> int:
+        """As FDChannel's: -1 once closed."""
         return self._channel.fileno()
 
     def close(self) -> None:
@@ -311,7 +320,10 @@ async def open_channel(path: StrPath) -> AsyncFDChannel:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await _connect(sock, address)
+        try:
+            await _connect(sock, address)
+        except OSError as error:
+            raise naming_path(error, address)
         return AsyncFDChannel(sock)
     except BaseException:
         sock.close()
@@ -368,9 +380,11 @@ class Server:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket, as asyncio's Server.sockets; () once closed."""
         return () if self._sock is None else (self._sock,)
 
     def is_serving(self) -> bool:
+        """Whether the server accepts connections: until close()."""
         return self._sock is not None
 
     def close(self) -> None:
@@ -653,6 +667,8 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
             return self.finish()
 
     def drop_peer(self) -> None:
+        """As Offer.drop_peer: turn away the successor being served, if any
+        (its take() or ready() fails), and go on offering."""
         if self._serving is not None:
             self._serving.unwatch()
             self._serving = None

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.metadata
+import inspect
+import pickle
+import pydoc
 import re
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,24 @@ def test_public_names() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+((a|b|rc)\d+)?(\.dev\d+)?", fdpass.__version__)
     for name in fdpass.__all__:
         assert hasattr(fdpass, name), name
+
+
+def test_the_constructor_shows_in_help_and_signature() -> None:
+    signature = "(sock, *, closefd=True, refuse_fds=False, passcred=False)"
+    assert str(inspect.signature(fdpass.FDChannel)) == signature
+    assert pydoc.render_doc(fdpass.FDChannel).count("FDChannel" + signature) == 1
+    assert (fdpass.FDChannel.__doc__ or "").startswith("Sends and receives open descriptors")
+
+
+def test_public_types_are_named_where_users_find_them() -> None:
+    for public in (fdpass.ProtocolError, fdpass.Credentials, fdpass.Sender):
+        assert public.__module__ == "fdpass"
+        assert getattr(fdpass, public.__name__) is public
+    assert repr(fdpass.ProtocolError) == "<class 'fdpass.ProtocolError'>"
+    error = fdpass.ProtocolError(74, "bad")
+    assert "".join(traceback.format_exception_only(type(error), error)) \
+        == "fdpass.ProtocolError: [Errno 74] bad\n"
+    assert pickle.loads(pickle.dumps(error)).args == error.args
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
