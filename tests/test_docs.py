@@ -82,6 +82,19 @@ def test_example_runs(example: Path) -> None:
     assert done.stdout.splitlines() == expected_output(example.read_text(encoding="utf-8"))
 
 
+def test_ci_runs_the_readme_commands() -> None:
+    """Each of the README's commands is a line of .ci/run: CI runs what a
+    user is told to run."""
+    commands = [line for block in doc_blocks(REPOSITORY / "README.md")
+                if block.language == "sh" for line in block.code.splitlines()]
+    assert len(commands) == 3
+    run = REPOSITORY / ".ci" / "run"
+    if not run.exists():
+        pytest.skip("an sdist has no .ci/")
+    ci = run.read_text(encoding="utf-8").splitlines()
+    assert [command for command in commands if command not in ci] == []
+
+
 def marks(block: Block) -> list[pytest.MarkDecorator]:
     """A block that runs a foreign peer (the HAProxy recipe) is an interop
     test too; one that needs per-message credentials cannot run on the
