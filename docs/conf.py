@@ -44,6 +44,8 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
 
 html_theme = "alabaster"
+# Wide enough for the examples' lines (up to 99 characters) without scrolling.
+html_theme_options = {"page_width": "1340px", "sidebar_width": "240px"}
 html_title = f"fdpass {release}"
 
 # -- signatures ---------------------------------------------------------------

@@ -400,6 +400,7 @@ Sends and receives open descriptors over an AF_UNIX socket
             self._timeout = t
 
     def setblocking(self, bint flag):
+        """As socket.setblocking: settimeout(None) if flag, else settimeout(0.0)."""
         self.settimeout(None if flag else 0.0)
 
     @cython.binding(False)

@@ -334,6 +334,29 @@ def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) 
         takeover.ready()
 
 
+def test_drop_peer_turns_a_half_way_successor_away_and_the_offer_goes_on(
+        path: str, listeners: Offered) -> None:
+    """As docs/restarts.md says of the public drop_peer()."""
+    with handoff.Offer(path, listeners) as offer:
+        taking = Background(lambda: handoff.take(path, timeout=10))
+        while True:
+            try:
+                offer.wait(timeout=0.05)
+            except TimeoutError:
+                if taking._outcome:
+                    break
+        takeover = taking.result()
+        offer.drop_peer()
+        with pytest.raises(ConnectionError):
+            takeover.ready()
+        close_all_sockets(takeover)
+        takeover.close()
+        assert not offer.closed
+        follower = Background(lambda: take_and_close(path))
+        assert offer.wait(timeout=10).pid == peer_pid(os.getpid())
+        assert follower.result().keys() == listeners.keys()
+
+
 def test_take_times_out_on_an_offer_nobody_serves(path: str, listeners: Offered) -> None:
     with handoff.Offer(path, listeners):  # and never wait()s
         with pytest.raises(TimeoutError):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import fdpass
+import fdpass.aio
 from fdpass import _channel, _engine, _functional
 from support import run_python
 
@@ -57,6 +58,33 @@ def test_public_types_are_named_where_users_find_them() -> None:
     assert "".join(traceback.format_exception_only(type(error), error)) \
         == "fdpass.ProtocolError: [Errno 74] bad\n"
     assert pickle.loads(pickle.dumps(error)).args == error.args
+
+
+# Public by accident, without docstrings, in fdpass/handoff.py (which issue
+# 18 is changing): documented or made private there, then removed from here.
+UNDOCUMENTED_IN_HANDOFF = {"closed", "drop_peer", "listener", "peer", "conversation"}
+
+
+def test_every_public_member_has_a_docstring() -> None:
+    """The API reference is made from them: a member without one is a bare
+    name there (or, from Cython, the word "None")."""
+    bare = []
+    for module in (fdpass, fdpass.aio, fdpass.handoff, fdpass.systemd):
+        for name in module.__all__:
+            public = getattr(module, name)
+            if not inspect.isclass(public):
+                continue
+            for member in dir(public):
+                found = inspect.getattr_static(public, member)
+                owner = next(c for c in public.__mro__ if member in vars(c))
+                if member.startswith("_") or owner.__module__ == "builtins":
+                    continue
+                doc = (getattr(getattr(found, "__func__", found), "__doc__", None) or "").strip()
+                if doc in ("", "None"):
+                    if not (owner.__module__ == "fdpass.handoff"
+                            and member in UNDOCUMENTED_IN_HANDOFF):
+                        bare.append(f"{module.__name__}.{name}.{member}")
+    assert bare == []
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
