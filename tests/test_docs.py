@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import fdpass
 from fdpass._engine import PORTABLE
 from support import DOC_PAGES, PACKAGE_ROOT, REPOSITORY, Block, doc_blocks
 
@@ -48,6 +49,17 @@ def test_the_pages_have_examples() -> None:
     assert len(PYTHON) >= 6
     assert len(PERL_PAIRS) >= 1
     assert len(TABLE) >= 6
+
+
+def test_the_readme_fits_on_a_screen_or_two() -> None:
+    assert len((REPOSITORY / "README.md").read_bytes()) <= 12288
+
+
+def test_the_api_reference_names_every_public_name() -> None:
+    api = (REPOSITORY / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [name for name in fdpass.__all__ if f":: fdpass.{name}\n" not in api] == []
+    for module in ("fdpass.aio", "fdpass.handoff", "fdpass.systemd"):  # each by its __all__
+        assert f".. automodule:: {module}\n   :members:\n" in api
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=block_id)
