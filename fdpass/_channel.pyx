@@ -15,7 +15,7 @@ from posix.unistd cimport close
 
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Received, Sender, as_fd, discard_fds,
+    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, discard_fds,
     discard_received, raise_os_error, raise_recv_status, raise_send_error, recv_message_into,
     send_message, unix_socket_type,
 )
@@ -23,7 +23,7 @@ from fdpass._posix cimport (
     FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
     FDPASS_SO_PEERPIDFD, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM, SOCK_SEQPACKET,
     SOCK_STREAM, SOL_SOCKET, fdpass_nosigpipe, fdpass_peer_credentials, fdpass_socket_fd,
-    fdpass_socket_timeout, getpeername, getsockopt, setsockopt, shutdown, sockaddr,
+    fdpass_socket_fd_field, fdpass_socket_timeout, getpeername, getsockopt, setsockopt, shutdown, sockaddr,
     sockaddr_storage, socklen_t,
 )
 
@@ -163,10 +163,13 @@ Sends and receives open descriptors over an AF_UNIX socket
     cdef int _users          # calls waiting without the GIL: they hold _held's number
     cdef int _stop           # close() came while calls waited: they wake and raise
     cdef int _held           # the descriptor to close when the last waiting call leaves
+    cdef Guard _guard        # what a waiting call checks: _stop, and the wrapped socket's number
 
     def __cinit__(self):
         self._fd = -1
         self._held = -1
+        self._guard.stop = &self._stop
+        self._guard.owner_fd = NULL
 
     def __init__(self, sock, *, bint closefd=True, bint refuse_fds=False, bint passcred=False):
         cdef int fd, sock_type, family = 0, err = 0
@@ -200,9 +203,12 @@ Sends and receives open descriptors over an AF_UNIX socket
             set_option(fd, FDPASS_SO_PASSPIDFD, 1, "SO_PASSPIDFD")  # else no pidfd: Linux < 6.5
         if refuse_fds:
             refuse_in_kernel(fd)
+        self._guard.owner_fd = NULL
         if isinstance(sock, _socket.socket):
             self._kind = OWNER_SOCKET if SOCKET_HEAD else OWNER_SOCKET_METHODS
             self._timeout = -1.0
+            if SOCKET_HEAD:  # _owner keeps the socket, and so the field, alive
+                self._guard.owner_fd = fdpass_socket_fd_field(sock)
         else:
             self._kind = OWNER_NUMBER if PyLong_Check(sock) else OWNER_OBJECT
             self._timeout = 0.0 if fcntl(fd, F_GETFL) & O_NONBLOCK else -1.0
@@ -258,8 +264,7 @@ Sends and receives open descriptors over an AF_UNIX socket
             return False
         if self._owns(self._fd):
             return True
-        self._fd = -1
-        self._owner = None
+        self._fd = -1  # _owner stays: a call waiting in another thread watches it
         return False
 
     cdef int _live_fd(self) except -1:
@@ -321,7 +326,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         cdef int err = 0
         cdef size_t sent = 0
         if send_message(sock, fds, nfds, data, length, self._wait_flags(timeout),
-                        timeout, &self._stop, &err, &sent) < 0:
+                        timeout, &self._guard, &err, &sent) < 0:
             raise_send_error(err, sock, fds, nfds, sent, self._type, self._connected)
         return 0
 
@@ -329,7 +334,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                    int maxfds, int flags, Received *r, Sender *sender) except -1:
         cdef int err = 0
         if recv_message_into(sock, buf, buflen, fds, maxfds, flags | self._wait_flags(timeout),
-                             timeout, &self._stop, r, sender, &err) < 0:
+                             timeout, &self._guard, r, sender, &err) < 0:
             raise_os_error(err, None)
         return 0
 
@@ -551,7 +556,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                             raise ProtocolError(EBADMSG, (
                                 "this channel refuses descriptors (refuse_fds=True): "
                                 f"the message carried some ({r.total} received), and they "
-                                "were closed at receipt"))
+                                "are closed in the background"))
                         raise_recv_status(&r, <int>maxfds, self._type)
                     data = PyBytes_FromStringAndSize(buf, r.nbytes)
                     received = [fds[i] for i in range(r.nfds)]
@@ -599,7 +604,7 @@ cdef int check_attested(const Sender *sender, int total) except -1:
         raise ProtocolError(EBADMSG, (
             "the kernel could not install the sender's pidfd (SCM_PIDFD: "
             f"{_errno.errorcode[sender.pidfd_error]}): this process is at its descriptor limit "
-            f"(RLIMIT_NOFILE); the message's {total} descriptors were closed"))
+            f"(RLIMIT_NOFILE); the message's {total} descriptors are closed in the background"))
     if not sender.attested:
         raise ProtocolError(EBADMSG, "the kernel attached no credentials to this message "
                             "(SCM_CREDENTIALS): its sender is unknown")

@@ -20,6 +20,12 @@ cdef struct Received:
     int total          # descriptors the message carried
     RecvStatus status
 
+cdef struct Guard:
+    # What a call that waited checks before it touches its socket again.
+    const int *stop       # set by close() from another thread
+    const int *owner_fd   # the wrapped socket.socket's descriptor, or NULL:
+                          # it must still be the call's socket
+
 cdef struct Sender:
     bint attested      # an SCM_CREDENTIALS came: pid, uid and gid are the kernel's
     long pid
@@ -32,10 +38,10 @@ cdef int as_fd(object f) except -1
 cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil
 cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, const int *stop,
+                      size_t length, int flags, double timeout, const Guard *guard,
                       int *err, size_t *sent) except -2
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
-                           int flags, double timeout, const int *stop, Received *out,
+                           int flags, double timeout, const Guard *guard, Received *out,
                            Sender *sender, int *err) except -2
 cdef void discard_fds(const int *fds, int n) noexcept nogil
 cdef void discard_received(const int *fds, Received *r, Sender *sender) noexcept nogil

@@ -26,15 +26,25 @@ from fdpass._posix cimport (
     recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
+import os
+import socket as _socket
+
 from fdpass._errors import ProtocolError
 
 cdef extern from "fdpass_closer.h" nogil:
+    enum: FDPASS_CLOSERS
     int fdpass_closer_init()
-    void fdpass_discard(const int *fds, int n)
+    void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
+    void fdpass_closer_retire_idle()
+    void fdpass_closer_counts(int *workers, int *busy, size_t *queued)
 
 if fdpass_closer_init() != 0:
     raise MemoryError("pthread_atfork: cannot register the closer's fork handler")
+
+#: Closes that may block at once (files on a hung mount, sockets of the
+#: caller's that linger) before any other discard waits behind them.
+CLOSERS = FDPASS_CLOSERS
 
 
 cdef double monotonic() noexcept nogil:
@@ -179,28 +189,48 @@ cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
     return err
 
 
+cdef inline bint tripped(const Guard *guard, int sock) noexcept nogil:
+    """Whether the call's socket is no longer its own: the channel was
+    closed, or the socket.socket it wraps was closed elsewhere (its number
+    may be another file's already)."""
+    return guard != NULL and (guard.stop[0] != 0 or (guard.owner_fd != NULL
+                                                     and guard.owner_fd[0] != sock))
+
+
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
-                         double timeout, double deadline, const int *stop,
+                         double timeout, double deadline, const Guard *guard,
                          int *err) except -2:
-    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
-    and keeps the GIL (it cannot wait, and releasing the GIL costs more than
-    the call); only a call that would block waits with the GIL released:
-    inside the syscall when flags lack MSG_DONTWAIT (the descriptor's own
-    behaviour), else in poll, for ever when timeout < 0, else while the
-    timeout allows (until deadline when it is > 0).  A call that waits in
-    poll and is woken by close() from another thread (*stop set) never
-    touches the socket again.  EINTR is retried unless a signal handler
+    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking.
+    A send's keeps the GIL (it cannot wait, and releasing the GIL costs more
+    than the call); a receive's releases it, because the kernel discards
+    what this process cannot install (at RLIMIT_NOFILE), and the last close
+    of a discarded descriptor, in this thread on the way out of the call,
+    can block for as long as its sender chose.  A call that would block
+    waits with the GIL released: inside the syscall when flags lack
+    MSG_DONTWAIT (the descriptor's own behaviour), else in poll, for ever
+    when timeout < 0, else while the timeout allows (until deadline when it
+    is > 0).  A call that waits in
+    poll or inside the syscall and finds its socket no longer its own
+    (tripped: closed from another thread, or its socket.socket closed
+    elsewhere) never touches the number again.  EINTR is retried unless a signal handler
     raised.  -1 with err set on failure (ETIMEDOUT for a timeout,
-    FDPASS_ECLOSED when *stop was set while the call waited)."""
+    FDPASS_ECLOSED when the guard tripped while the call waited)."""
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
-        if FDPASS_HAVE_MSG_DONTWAIT:
-            n = raw_call(writing, sock, msg, flags | MSG_DONTWAIT)
+        if FDPASS_HAVE_MSG_DONTWAIT and writing:
+            n = sendmsg(sock, msg, flags | MSG_DONTWAIT)
             saved = errno
             if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
                 with nogil:
-                    n = raw_call(writing, sock, msg, flags)
+                    n = sendmsg(sock, msg, flags)
+                    saved = errno
+        elif FDPASS_HAVE_MSG_DONTWAIT:
+            with nogil:
+                n = recvmsg(sock, msg, flags | MSG_DONTWAIT)
+                saved = errno
+                if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
+                    n = recvmsg(sock, msg, flags)
                     saved = errno
         else:
             with nogil:
@@ -209,14 +239,16 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
         if n >= 0:
             return n
         saved = full_buffer(saved, writing, sock)
-        if stop != NULL and stop[0]:
+        if tripped(guard, sock):
             saved = FDPASS_ECLOSED
         elif saved == EINTR:
             PyErr_CheckSignals()
-            continue
+            if not tripped(guard, sock):
+                continue
+            saved = FDPASS_ECLOSED
         elif FDPASS_WOULD_BLOCK(saved) and timeout != 0:
             ready = wait_ready(sock, writing, timeout, deadline, err)
-            if stop != NULL and stop[0]:
+            if tripped(guard, sock):
                 ready = -1
                 err[0] = FDPASS_ECLOSED
             if ready == 1:
@@ -229,7 +261,7 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
 
 
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
-                      size_t length, int flags, double timeout, const int *stop,
+                      size_t length, int flags, double timeout, const Guard *guard,
                       int *err, size_t *sent) except -2:
     """Send data with fds attached to its first byte, and the rest of it
     within the same deadline; 0, or -1 with err and sent set to the bytes
@@ -238,20 +270,20 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     or else (FDPASS_SIGPIPE_GUARD) SIGPIPE blocked in this thread around
     the whole send, and the one it raised taken.  A build without the
     guard compiles to the plain send_all call."""
-    cdef fdpass_sigpipe_t guard
+    cdef fdpass_sigpipe_t sigpipe
     cdef int rc = 0
     if not FDPASS_SIGPIPE_GUARD:
-        return send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
-    fdpass_sigpipe_block(&guard)
+        return send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
+    fdpass_sigpipe_block(&sigpipe)
     try:
-        rc = send_all(sock, fds, nfds, data, length, flags, timeout, stop, err, sent)
+        rc = send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
     finally:
-        fdpass_sigpipe_restore(&guard, rc < 0 and err[0] == EPIPE)
+        fdpass_sigpipe_restore(&sigpipe, rc < 0 and err[0] == EPIPE)
     return rc
 
 
 cdef int send_all(int sock, const int *fds, int nfds, const char *data,
-                  size_t length, int flags, double timeout, const int *stop,
+                  size_t length, int flags, double timeout, const Guard *guard,
                   int *err, size_t *sent) except -2:
     """send_message's sendmsg loop: the descriptors go with the first
     byte, in a control buffer of exactly CMSG_SPACE(nfds ints), as FreeBSD
@@ -280,7 +312,7 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
     flags |= FDPASS_MSG_NOSIGNAL
     sent[0] = 0
     while True:
-        n = msg_call(True, sock, &msg, flags, timeout, deadline, stop, err)
+        n = msg_call(True, sock, &msg, flags, timeout, deadline, guard, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
@@ -288,6 +320,9 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
         sent[0] += n
         if sent[0] >= length:
             return 0
+        if tripped(guard, sock):  # the rest would go to whatever has the number now
+            err[0] = FDPASS_ECLOSED
+            return -1
         iov.iov_base = <void *>(data + sent[0])
         iov.iov_len = length - sent[0]
         msg.msg_control = NULL
@@ -295,29 +330,75 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
 
 
 cdef void discard_fds(const int *fds, int n) noexcept nogil:
-    """Descriptors nobody takes: the closer thread closes them, so that a
-    close that blocks stalls neither the caller nor its event loop."""
+    """Received descriptors nobody takes: the closer closes them (a socket
+    its sender set to linger, abortively), so that no close a peer chose
+    stalls the caller or its event loop."""
     if n > 0:
-        fdpass_discard(fds, n)
+        fdpass_discard(fds, n, 1)
 
 
-def discard(int fd):
-    """Close fd on the closer thread: for a socket whose queue may hold a
-    peer's descriptors (their last close can block), closed from an event
-    loop."""
-    if fd < 0:
-        raise ValueError(f"descriptor must be non-negative, got {fd}")
-    discard_fds(&fd, 1)
-
-
-def wait_for_discards(double timeout=-1.0):
-    """Wait until the closer has closed every descriptor discarded so far
-    (timeout seconds at most; < 0 waits for ever); True when it has.  For
-    code that counts its descriptors, such as the tests' leak check."""
-    cdef int idle
+def discard(f, *, bint own=False):
+    """Drop f, a descriptor number or a socket.socket (detached here), on
+    the closer: the one way fdpass drops a descriptor, in every module.
+    own: the library's or the caller's own (a channel's socket, a
+    listener), closed as it was set up; else a received one, refused (a
+    socket set to linger is closed without lingering)."""
+    cdef int fd
+    if isinstance(f, _socket.socket):
+        fd = f.detach()
+        if fd < 0:
+            return
+    elif PyLong_Check(f):
+        fd = f
+        if fd < 0:
+            raise ValueError(f"descriptor must be non-negative, got {fd}")
+    else:
+        raise TypeError(f"discard takes a descriptor number or a socket.socket, "
+                        f"not {type(f).__name__}")
     with nogil:
-        idle = fdpass_discards_wait(timeout)
+        fdpass_discard(&fd, 1, not own)
+
+
+def discard_all(fds):
+    """discard() each received descriptor of the list fds, emptying it."""
+    while fds:
+        discard(fds.pop())
+
+
+def wait_for_discards(timeout=None):
+    """Wait until every descriptor fdpass discarded so far is closed, and
+    its closing threads are gone; True then, False when timeout seconds
+    (None: no limit) passed first.  Discards are closed in the background;
+    this is for code that counts its descriptors or threads (a leak check,
+    a fork that follows)."""
+    cdef double seconds = -1.0
+    cdef int idle
+    if timeout is not None:
+        seconds = timeout
+        if not seconds >= 0:
+            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    with nogil:
+        idle = fdpass_discards_wait(seconds)
     return bool(idle)
+
+
+def closer_state():
+    """(threads, closing, queued): the closer's threads alive, those of
+    them in a close, and the descriptors waiting for one."""
+    cdef int workers = 0, busy = 0
+    cdef size_t queued = 0
+    fdpass_closer_counts(&workers, &busy, &queued)
+    return workers, busy, queued
+
+
+def _retire_idle_closers():
+    with nogil:
+        fdpass_closer_retire_idle()
+
+
+# A fork finds no idle closing thread (only one blocked in a close, if any):
+# Python 3.12+ warns of forking a multi-threaded process.
+os.register_at_fork(before=_retire_idle_closers)
 
 
 cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
@@ -417,7 +498,7 @@ def walk_control(const unsigned char[:] control, int maxfds, bint from_sender=Fa
 
 
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
-                           int flags, double timeout, const int *stop, Received *out,
+                           int flags, double timeout, const Guard *guard, Received *out,
                            Sender *sender, int *err) except -2:
     """One recvmsg into buf; its descriptors into fds[:maxfds], and with a
     sender, who sent it (as far as the socket's SO_PASSCRED and
@@ -427,7 +508,7 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     flags (datagram and seqpacket sockets) refuses a record longer than
     buf.  0 with out->status set (on any status but RECV_OK and RECV_EMPTY
     every descriptor, the sender's pidfd too, is already discarded), or -1
-    with err (after *stop was set: FDPASS_ECLOSED, and the message's
+    with err (the guard tripped: FDPASS_ECLOSED, and the message's
     descriptors discarded)."""
     cdef fdpass_control_t control
     cdef int extra[FDPASS_CONTROL_INTS]
@@ -449,13 +530,13 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     if sender != NULL:
         init_sender(sender)
     n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
-                 deadline_for(timeout), stop, err)
+                 deadline_for(timeout), guard, err)
     if n < 0:
         return -1
     out.nbytes = n
     out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space, sender)
     discard_fds(extra, nextra)
-    if stop != NULL and stop[0]:
+    if tripped(guard, sock):
         discard_received(fds, out, sender)
         err[0] = FDPASS_ECLOSED
         return -1
@@ -520,20 +601,20 @@ cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except 
         raise EOFError("end of stream: the peer closed the connection")
     if r.status == RECV_TOO_MANY:
         message = (f"the message carried {r.total} descriptors where at most "
-                   f"{maxfds} were expected; all were closed")
+                   f"{maxfds} were expected; all are closed in the background")
     elif r.status == RECV_CTRUNC_LIMIT:
         message = ("control data truncated (MSG_CTRUNC) with room to spare: the "
                    "kernel dropped descriptors this process could not take, most "
                    "likely because it reached its descriptor limit (RLIMIT_NOFILE, "
-                   f"EMFILE); the {r.total} received were closed")
+                   f"EMFILE); the {r.total} received are closed in the background")
     elif r.status == RECV_CTRUNC:
         message = ("control data truncated (MSG_CTRUNC): the message carried "
                    f"more than the {FDPASS_MAX_FDS} descriptors one message may; "
-                   f"the {r.total} received were closed")
+                   f"the {r.total} received are closed in the background")
     elif r.status == RECV_TRUNCATED:
         message = (f"the message ({r.nbytes} bytes) is longer than bufsize "
                    f"({r.buflen}): refused rather than cut short; its {r.total} "
-                   "descriptors were closed")
+                   "descriptors are closed in the background")
     else:
         message = f"the message ({r.nbytes} bytes) carried no descriptor"
     raise ProtocolError(EBADMSG, message)

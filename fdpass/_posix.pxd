@@ -110,4 +110,5 @@ cdef extern from "fdpass_compat.h" nogil:
 
 cdef extern from "fdpass_pysocket.h":
     int fdpass_socket_fd(object sock)
+    const int *fdpass_socket_fd_field(object sock)
     double fdpass_socket_timeout(object sock)

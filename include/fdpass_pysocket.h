@@ -25,6 +25,14 @@ fdpass_socket_fd(PyObject *sock)
     return ((fdpass_socket_head *)sock)->sock_fd;
 }
 
+/* Where the descriptor lives: a call that waits watches it, so that a socket
+ * closed elsewhere meanwhile (-1, or its number reused) is noticed. */
+static inline const int *
+fdpass_socket_fd_field(PyObject *sock)
+{
+    return &((fdpass_socket_head *)sock)->sock_fd;
+}
+
 /* Seconds, or -1.0 for a blocking socket, as the channel counts them. */
 static inline double
 fdpass_socket_timeout(PyObject *sock)

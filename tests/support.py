@@ -160,6 +160,21 @@ class Lingering:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                              struct.pack("ii", 1, seconds))
 
+    def reset_seen(self, timeout: float) -> bool:
+        """Whether the lingering end was closed abortively: its peer, reading
+        what was sent, meets a reset (an orderly close would end in EOF)."""
+        self.peer.settimeout(timeout)
+        try:
+            while self.peer.recv(65536):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.peer.settimeout(None)
+        return False
+
     def close(self) -> None:
         self.sock.close()
         self.peer.close()

@@ -1,12 +1,15 @@
 """A descriptor fdpass discards may be one whose last close blocks (here a
 TCP socket with SO_LINGER and unsent data, as a hostile peer would attach):
-the closer thread closes it, so no receive waits for that close, no thread
+a received one is refused, so closed without lingering, on the closer; a
+close that does block (a lingering socket queued in one of the caller's own
+sockets) happens on the closer too, so no receive waits for it, no thread
 waits for the GIL, and no event loop stops."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import threading
 import time
@@ -19,7 +22,7 @@ import fdpass
 from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, raw_send, same_file
+from support import Lingering, open_fds, raw_send, same_file
 
 LINGER = 3      # seconds the discarded socket's close would take
 PROMPT = 1.0    # a receive that waited for it would take LINGER
@@ -61,7 +64,14 @@ def timed(call: Callable[[], object]) -> float:
 def assert_closing_off_thread() -> None:
     """The discarded socket is closing on the closer thread, and its close
     does block: it has not finished yet."""
-    assert not fdpass._engine.wait_for_discards(0.2)
+    assert not fdpass.wait_for_discards(0.2)
+
+
+def assert_refused_at_once(held: Lingering) -> None:
+    """The received lingering socket was closed without lingering: at once,
+    and its peer sees a reset, not an orderly end."""
+    assert fdpass.wait_for_discards(PROMPT)
+    assert held.reset_seen(PROMPT)
 
 
 RECEIVES: dict[str, Callable[[FDChannel], object]] = {
@@ -83,9 +93,10 @@ def test_an_extra_descriptor_is_discarded_without_waiting(
     # kernel drop it inside recvmsg, in this thread, holding the GIL.
     peer, mine = sockets
     with FDChannel(mine, closefd=False) as rx:
-        attach(peer, lingering(), b"\0", [0] * before)
+        held = lingering()
+        attach(peer, held, b"\0", [0] * before)
         assert timed(lambda: RECEIVES[call](rx)) < PROMPT
-        assert_closing_off_thread()
+        assert_refused_at_once(held)
         raw_send(peer, b"\0", [1])  # and the channel is in step
         got = rx.recv_fd()
         assert same_file(got, 1)
@@ -97,9 +108,10 @@ def test_a_record_too_long_is_discarded_without_waiting(
         lingering: Callable[[], Lingering], kind: int) -> None:
     peer, mine = socket.socketpair(socket.AF_UNIX, kind)
     with peer, mine, FDChannel(mine, closefd=False) as rx:
-        attach(peer, lingering(), b"longer than bufsize", [])
+        held = lingering()
+        attach(peer, held, b"longer than bufsize", [])
         assert timed(lambda: rx.recv_message(4)) < PROMPT
-        assert_closing_off_thread()
+        assert_refused_at_once(held)
 
 
 def test_closing_a_channel_with_a_queued_descriptor_keeps_the_gil_free(
@@ -182,3 +194,40 @@ def test_closing_a_server_with_an_unaccepted_connection_stalls_nothing(
 
     assert asyncio.run(main()) < PROMPT
     assert_closing_off_thread()
+
+
+def test_a_receive_during_which_the_kernel_discards_stops_no_other_thread(
+        stream: tuple[socket.socket, socket.socket],
+        lingering: Callable[[], Lingering]) -> None:
+    # At RLIMIT_NOFILE the kernel itself drops what it cannot install, and
+    # the last close of the lingering socket happens in the receiving thread,
+    # on its way out of recvmsg: that thread waits, holding no GIL.
+    peer, mine = stream
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        last = time.monotonic()
+        while not done.wait(0.01):
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    with FDChannel(mine, closefd=False) as rx:
+        attach(peer, lingering(), b"\0", [])
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = min(set(range(len(open_fds()) + 2)) - set(open_fds()))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limit[1]))
+        try:
+            start = time.monotonic()
+            with pytest.raises(ProtocolError, match="RLIMIT_NOFILE"):
+                rx.recv_fd()
+            took = time.monotonic() - start
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            done.set()
+            ticker.join()
+    assert took > LINGER - 1, "the kernel's own close lingered in this thread"
+    assert max(gaps) < 0.5, f"another thread stopped for {max(gaps):.2f} s"
