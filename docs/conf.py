@@ -73,7 +73,7 @@ def stub_signatures() -> dict[str, ast.FunctionDef]:
     """The engine's stubbed functions by "Class.method" or "function"; of
     an overloaded one, its last and widest form."""
     found: dict[str, ast.FunctionDef] = {}
-    for stub in ("_channel.pyi", "_functional.pyi"):
+    for stub in ("_channel.pyi", "_functional.pyi", "_engine.pyi"):
         tree = ast.parse((STUBS / stub).read_text(encoding="utf-8"))
         scopes = [("", tree.body)] + [(node.name + ".", node.body) for node in tree.body
                                       if isinstance(node, ast.ClassDef)]
