@@ -144,15 +144,20 @@ def main(arguments: Sequence[str]) -> int:
         print(f"tests/run.py: {why}", file=sys.stderr)
         return 1
     # stubtest must import the build, not the source tree in the cwd.
-    checks = [[str(python), "-m", "mypy", "--strict", "fdpass", "tests"],
-              [str(python), "-m", "mypy.stubtest", "fdpass"]]
+    checks = [[str(python), "-m", "mypy", "--strict", "fdpass", "tests"]]
+    stubtest = sys.version_info >= (3, 10)
+    if stubtest:
+        checks.append([str(python), "-m", "mypy.stubtest", "fdpass"])
     for check in checks:
         if subprocess.run(check, cwd=REPOSITORY, env=dict(os.environ, PYTHONSAFEPATH="1")
                           ).returncode != 0:
             print(f"tests/run.py: {' '.join(check[1:])} failed", file=sys.stderr)
             return 1
-    print(f"tests/run.py: the suite passed under Python {sys.version.split()[0]}, "
-          "and mypy --strict and stubtest are clean")
+    print(f"tests/run.py: the suite passed under Python {sys.version.split()[0]}, and "
+          + ("mypy --strict and stubtest are clean" if stubtest else
+             "mypy --strict is clean; stubtest was not run: under 3.9 it reports where "
+             "the typing module differs from typeshed's stubs, in every module that "
+             "imports from it, not fdpass's own stubs (tox -e typecheck runs it)"))
     return 0
 
 
