@@ -23,7 +23,7 @@ import uvloop
 import fdpass
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import peer_pid, raw_send, same_file
+from support import fill_backlog, peer_pid, raw_send, same_file
 
 _T = TypeVar("_T")
 Context = dict[str, Any]
@@ -562,6 +562,41 @@ def test_close_wakes_the_tasks_waiting(run: Runner) -> None:
     run(main())
 
 
+def test_shutdown_wakes_the_peer_and_the_tasks_waiting(run: Runner) -> None:
+    """shutdown(how), which the contract gives every channel, as
+    FDChannel.shutdown: the peer's waiting receive ends (EOFError), and so
+    does one waiting on this side for SHUT_RD; the other direction works."""
+    async def main() -> None:
+        async with pair() as (a, b):
+            peer = asyncio.ensure_future(b.recv_fd())
+            own = asyncio.ensure_future(a.recv_fd())
+            await spin(3)
+            a.shutdown(socket.SHUT_WR)
+            with pytest.raises(EOFError):
+                await peer
+            assert not own.done()
+            r, w = os.pipe()
+            try:
+                await b.send_fd(r)  # the other direction still works
+                got = await own
+                assert same_file(got, r)
+                os.close(got)
+            finally:
+                os.close(r)
+                os.close(w)
+            waiting = asyncio.ensure_future(a.recv_fd())
+            await spin(3)
+            a.shutdown(socket.SHUT_RD)
+            with pytest.raises(EOFError):
+                await waiting
+            with pytest.raises(OSError):
+                a.shutdown(99)
+        with pytest.raises(ValueError, match="closed"):
+            a.shutdown(socket.SHUT_RDWR)
+
+    run(main())
+
+
 # -- the server -----------------------------------------------------------
 
 def test_server_hands_each_connection_a_channel(run: Runner, tmp_path: Path) -> None:
@@ -791,16 +826,7 @@ def full_backlog(tmp_path: Path) -> Iterator[tuple[Path, socket.socket, list[soc
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(0)
-    queued: list[socket.socket] = []
-    while True:
-        client = socket.socket(socket.AF_UNIX)
-        client.setblocking(False)
-        try:
-            client.connect(str(path))
-        except BlockingIOError:
-            client.close()
-            break
-        queued.append(client)
+    queued = fill_backlog(str(path))
     with listener:
         yield path, listener, queued
     for client in queued:

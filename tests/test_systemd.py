@@ -288,6 +288,22 @@ def test_notify_without_a_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None
     assert systemd.store_fds("x", [0]) is False
 
 
+@pytest.mark.parametrize("state", [b"READY=1", None, 1], ids=["bytes", "None", "int"])
+@pytest.mark.parametrize("notify_socket", [None, "/run/nobody"], ids=["unset", "set"])
+def test_notify_and_store_fds_refuse_what_is_no_str(
+        monkeypatch: pytest.MonkeyPatch, state: object, notify_socket: str | None) -> None:
+    """notify(b"...") and notify(None) raised AttributeError, whether a
+    NOTIFY_SOCKET is set or not: TypeError, naming what is expected."""
+    if notify_socket is None:
+        monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    else:
+        monkeypatch.setenv("NOTIFY_SOCKET", notify_socket)
+    with pytest.raises(TypeError, match="state must be a str"):
+        systemd.notify(state)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="name must be a str"):
+        systemd.store_fds(state, [0])  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("value", ["", "relative/path", "@", "vsock:2:1234"])
 def test_notify_refuses_a_malformed_notify_socket(monkeypatch: pytest.MonkeyPatch,
                                                   value: str) -> None:
