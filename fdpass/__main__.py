@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="run only this workload (may be repeated): stream, "
                             "stream-pinned, batch, ping-pong, ping-pong-pinned, "
                             "convert-file or convert-socket")
+    bench.add_argument("--targets", action="store_true",
+                       help="also say whether the project's own performance targets were met")
     args = parser.parse_args(argv)
     if args.command == "bench":
         from fdpass import _bench  # its imports would slow every other command
@@ -81,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown workload {unknown[0]!r}: choose from {', '.join(names)}")
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
-        return _bench.run(args.quick, args.json, args.repeats, args.workload)
+        return _bench.run(args.quick, args.json, args.repeats, args.workload, args.targets)
     if args.command == "demo":
         return demo(args.which)
     return info()
