@@ -36,6 +36,7 @@ cdef extern from "fdpass_closer.h" nogil:
     int fdpass_closer_init()
     void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
+    void fdpass_defuse_queue(int fd)
     void fdpass_closer_retire_idle()
     void fdpass_closer_counts(int *workers, int *busy, size_t *queued)
 
@@ -335,6 +336,12 @@ cdef void discard_fds(const int *fds, int n) noexcept nogil:
     stalls the caller or its event loop."""
     if n > 0:
         fdpass_discard(fds, n, 1)
+
+
+cdef void defuse_queue(int fd) noexcept nogil:
+    """Turn off the linger of the descriptors in flight in fd's queue (an
+    AF_UNIX socket about to be closed), so that its close does not wait."""
+    fdpass_defuse_queue(fd)
 
 
 def discard(f, *, bint own=False):
