@@ -120,7 +120,8 @@ cdef object socket_from_fd(int fd):
     except OSError as e:
         discard_fds(&fd, 1)
         if e.errno == ENOTSOCK:
-            raise_os_error(ENOTSOCK, "the received descriptor (now closed) is not a socket")
+            raise_os_error(ENOTSOCK, "the received descriptor is not a socket; it is "
+                           "closed in the background")
         raise
     except BaseException:
         discard_fds(&fd, 1)

@@ -6,7 +6,9 @@ and what the client saw go wrong: nothing, for the handoff.
 
 The same pieces make the load proof in tests/test_handoff_load.py, with the
 client at full speed.  A generation is `python -m fdpass._demo_handoff
-serve N (--bind PORT | --take PATH)`, driven over its stdin and stdout."""
+serve N --dir DIR (--bind PORT | --take PATH)`, driven over its stdin and
+stdout.  The handoff paths are relative to DIR, the generations' working
+directory, so that a long $TMPDIR never makes one too long for AF_UNIX."""
 
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # -- a generation: one server process ---------------------------------------
 
-def serve(generation: int, port: int | None, path: str | None) -> int:
-    """One generation: listen (bind port, or take the listener over from
-    the offer at path), answer each connection's request line with this
-    generation's number, and follow the commands on stdin: "handoff PATH"
-    offers the listener to a successor and stops once it is ready; "stop"
-    stops.  Either way what was accepted is answered before exiting."""
+def serve(generation: int, directory: str, port: int | None, path: str | None) -> int:
+    """One generation, working in directory: listen (bind port, or take
+    the listener over from the offer at path), answer each connection's
+    request line with this generation's number, and follow the commands on
+    stdin: "handoff PATH" offers the listener to a successor and stops once
+    it is ready; "stop" stops.  Either way what was accepted is answered
+    before exiting."""
+    os.chdir(directory)
     takeover = None
     if path is not None:
         takeover = handoff.take(path, timeout=PATIENCE)
@@ -104,10 +108,11 @@ class Generation:
     """A generation process, its stdout read line by line by a thread so
     that every wait for it has a timeout."""
 
-    def __init__(self, generation: int, *how: str) -> None:
+    def __init__(self, generation: int, directory: str, *how: str) -> None:
         self.generation = generation
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fdpass._demo_handoff", "serve", str(generation), *how],
+            [sys.executable, "-m", "fdpass._demo_handoff", "serve", str(generation),
+             "--dir", directory, *how],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=PACKAGE_ROOT)
         self._lines: queue.Queue[str] = queue.Queue()
         assert self.process.stdout is not None
@@ -227,7 +232,7 @@ def run(restarts: int = 3, *, handoff_: bool = True, threads: int = 2, pause: fl
     load: Load | None = None
     with tempfile.TemporaryDirectory(prefix="fdpass-demo-") as workdir:
         try:
-            current = Generation(0, "--bind", "0")
+            current = Generation(0, workdir, "--bind", "0")
             generations.append(current)
             _, port, pid = current.expect("serving")
             out(f"  generation 0 (pid {pid}) listening on 127.0.0.1:{port}")
@@ -235,16 +240,16 @@ def run(restarts: int = 3, *, handoff_: bool = True, threads: int = 2, pause: fl
             time.sleep(dwell)
             for number in range(1, restarts + 1):
                 if handoff_:  # the successor takes over while the old one serves
-                    path = os.path.join(workdir, f"handoff-{number}.sock")
+                    path = f"handoff-{number}.sock"  # in workdir, however long
                     current.tell("handoff", path)
                     current.expect("offering")
-                    successor = Generation(number, "--take", path)
+                    successor = Generation(number, workdir, "--take", path)
                     generations.append(successor)
                     _end(current, served)
                 else:  # the old one stops, then the new one binds
                     current.tell("stop")
                     _end(current, served)
-                    successor = Generation(number, "--bind", port)
+                    successor = Generation(number, workdir, "--bind", port)
                     generations.append(successor)
                 _, _, pid = successor.expect("serving")
                 how = "took the listener over" if handoff_ else "bound the port again"
@@ -307,11 +312,12 @@ def _serve_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m fdpass._demo_handoff")
     parser.add_argument("command", choices=["serve"])
     parser.add_argument("generation", type=int)
+    parser.add_argument("--dir", required=True, help="the working directory")
     how = parser.add_mutually_exclusive_group(required=True)
     how.add_argument("--bind", type=int, metavar="PORT")
     how.add_argument("--take", metavar="PATH")
     args = parser.parse_args(argv)
-    return serve(args.generation, args.bind, args.take)
+    return serve(args.generation, args.dir, args.bind, args.take)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ cdef extern from "fdpass_closer.h" nogil:
     int fdpass_closer_init()
     void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
+    void fdpass_defuse_queue(int fd)
     void fdpass_closer_retire_idle()
     void fdpass_closer_counts(int *workers, int *busy, size_t *queued)
 
@@ -200,12 +201,16 @@ cdef inline bint tripped(const Guard *guard, int sock) noexcept nogil:
 cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
                          double timeout, double deadline, const Guard *guard,
                          int *err) except -2:
-    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking
-    and keeps the GIL (it cannot wait, and releasing the GIL costs more than
-    the call); only a call that would block waits with the GIL released:
-    inside the syscall when flags lack MSG_DONTWAIT (the descriptor's own
-    behaviour), else in poll, for ever when timeout < 0, else while the
-    timeout allows (until deadline when it is > 0).  A call that waits in
+    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking.
+    A send's keeps the GIL (it cannot wait, and releasing the GIL costs more
+    than the call); a receive's releases it, because the kernel discards
+    what this process cannot install (at RLIMIT_NOFILE), and the last close
+    of a discarded descriptor, in this thread on the way out of the call,
+    can block for as long as its sender chose.  A call that would block
+    waits with the GIL released: inside the syscall when flags lack
+    MSG_DONTWAIT (the descriptor's own behaviour), else in poll, for ever
+    when timeout < 0, else while the timeout allows (until deadline when it
+    is > 0).  A call that waits in
     poll or inside the syscall and finds its socket no longer its own
     (tripped: closed from another thread, or its socket.socket closed
     elsewhere) never touches the number again.  EINTR is retried unless a signal handler
@@ -214,12 +219,19 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
     cdef Py_ssize_t n
     cdef int saved, ready
     while True:
-        if FDPASS_HAVE_MSG_DONTWAIT:
-            n = raw_call(writing, sock, msg, flags | MSG_DONTWAIT)
+        if FDPASS_HAVE_MSG_DONTWAIT and writing:
+            n = sendmsg(sock, msg, flags | MSG_DONTWAIT)
             saved = errno
             if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
                 with nogil:
-                    n = raw_call(writing, sock, msg, flags)
+                    n = sendmsg(sock, msg, flags)
+                    saved = errno
+        elif FDPASS_HAVE_MSG_DONTWAIT:
+            with nogil:
+                n = recvmsg(sock, msg, flags | MSG_DONTWAIT)
+                saved = errno
+                if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
+                    n = recvmsg(sock, msg, flags)
                     saved = errno
         else:
             with nogil:
@@ -324,6 +336,12 @@ cdef void discard_fds(const int *fds, int n) noexcept nogil:
     stalls the caller or its event loop."""
     if n > 0:
         fdpass_discard(fds, n, 1)
+
+
+cdef void defuse_queue(int fd) noexcept nogil:
+    """Turn off the linger of the descriptors in flight in fd's queue (an
+    AF_UNIX socket about to be closed), so that its close does not wait."""
+    fdpass_defuse_queue(fd)
 
 
 def discard(f, *, bint own=False):
@@ -590,20 +608,20 @@ cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except 
         raise EOFError("end of stream: the peer closed the connection")
     if r.status == RECV_TOO_MANY:
         message = (f"the message carried {r.total} descriptors where at most "
-                   f"{maxfds} were expected; all were closed")
+                   f"{maxfds} were expected; all are closed in the background")
     elif r.status == RECV_CTRUNC_LIMIT:
         message = ("control data truncated (MSG_CTRUNC) with room to spare: the "
                    "kernel dropped descriptors this process could not take, most "
                    "likely because it reached its descriptor limit (RLIMIT_NOFILE, "
-                   f"EMFILE); the {r.total} received were closed")
+                   f"EMFILE); the {r.total} received are closed in the background")
     elif r.status == RECV_CTRUNC:
         message = ("control data truncated (MSG_CTRUNC): the message carried "
                    f"more than the {FDPASS_MAX_FDS} descriptors one message may; "
-                   f"the {r.total} received were closed")
+                   f"the {r.total} received are closed in the background")
     elif r.status == RECV_TRUNCATED:
         message = (f"the message ({r.nbytes} bytes) is longer than bufsize "
                    f"({r.buflen}): refused rather than cut short; its {r.total} "
-                   "descriptors were closed")
+                   "descriptors are closed in the background")
     else:
         message = f"the message ({r.nbytes} bytes) carried no descriptor"
     raise ProtocolError(EBADMSG, message)

@@ -5,16 +5,20 @@ has taken nothing from the socket, so cancelling it loses nothing."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import asyncio
 import errno
 import os
 import socket
 import stat
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
+from fdpass._channel import MAX_FDS, FDChannel, naming_path, wrap_socketpair
 from fdpass._credentials import Credentials, Sender
 from fdpass._engine import discard
 
@@ -34,8 +38,6 @@ _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 ACCEPT_RETRY_DELAY = 1.0
 #: The accept errors that mean that: any other stops the server.
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-#: Longest pause between connect attempts while a listener's backlog is full.
-_CONNECT_RETRY_MAX = 0.05
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -139,7 +141,13 @@ class AsyncFDChannel:
                  passcred: bool = False) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"AsyncFDChannel needs a socket.socket, not {type(sock).__name__}")
-        self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        try:
+            self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        except ValueError as error:  # "FDChannel needs ...": the caller made an AsyncFDChannel
+            message = str(error)
+            if not message.startswith("FDChannel "):
+                raise
+            raise ValueError("Async" + message) from None
         sock.setblocking(False)
         self._sock = sock
         self._reading = _Turns(writing=False)
@@ -152,14 +160,22 @@ class AsyncFDChannel:
 
     @property
     def closed(self) -> bool:
+        """As FDChannel's."""
         return self._channel.closed
 
     @property
     def type(self) -> socket.SocketKind:
+        """As FDChannel's."""
         return self._channel.type
 
     def fileno(self) -> int:
+        """As FDChannel's: -1 once closed."""
         return self._channel.fileno()
+
+    def shutdown(self, how: int) -> None:
+        """As socket.shutdown: the peer, and tasks waiting here, wake (the
+        end of the stream) though the channel stays open."""
+        self._channel.shutdown(how)
 
     def close(self) -> None:
         """Close the channel and its socket (on fdpass's closer thread, so
@@ -306,26 +322,32 @@ async def open_channel(path: StrPath) -> AsyncFDChannel:
         await _connect(sock, address)
         return AsyncFDChannel(sock)
     except BaseException:
-        sock.close()
+        discard(sock, own=True)  # connected, its queue may hold a peer's descriptors
         raise
 
 
 async def _connect(sock: socket.socket, address: str | bytes) -> None:
+    """_connecting(), whose errors name the socket path, as open()'s name theirs."""
+    try:
+        await _connecting(sock, address)
+    except OSError as error:
+        raise naming_path(error, address)
+
+
+async def _connecting(sock: socket.socket, address: str | bytes) -> None:
     """Connect a non-blocking AF_UNIX socket.  A full backlog is EAGAIN on
     Linux, with no event to wait for (the loop's sock_connect would take the
-    socket for connected): try again after a pause that grows to
-    _CONNECT_RETRY_MAX.  Where connecting is EINPROGRESS, wait until the
-    socket is writable and ask SO_ERROR."""
+    socket for connected): try again after fdpass.handoff's growing pauses.
+    Where connecting is EINPROGRESS, wait until the socket is writable and
+    ask SO_ERROR."""
     loop = asyncio.get_running_loop()
-    pause = 0.001
-    while True:
+    for pause in _handoff._connect_pauses():
         try:
             sock.connect(address)
             return
         except BlockingIOError as error:
             if error.errno != errno.EINPROGRESS:
                 await asyncio.sleep(pause)
-                pause = min(2 * pause, _CONNECT_RETRY_MAX)
                 continue
         writable = loop.create_future()
         loop.add_writer(sock.fileno(), _wake, writable)
@@ -360,9 +382,11 @@ class Server:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket, as asyncio's Server.sockets; () once closed."""
         return () if self._sock is None else (self._sock,)
 
     def is_serving(self) -> bool:
+        """Whether the server accepts connections: until close()."""
         return self._sock is not None
 
     def close(self) -> None:
@@ -495,7 +519,7 @@ async def start_server(handler: Handler, path: StrPath | None = None, *,
         listener.listen(backlog)
         return Server(listener, handler, unlink=cleanup_socket)
     except BaseException:
-        listener.close()
+        discard(listener, own=True)  # listening, it may hold unaccepted connections
         raise
 
 
@@ -512,14 +536,29 @@ if TYPE_CHECKING:
     from _typeshed import StrOrBytesPath
 
 
-async def _within(timeout: float | None, work: Awaitable[_T]) -> _T:
-    """await work, raising TimeoutError (on every Python) after timeout s."""
+async def _within(timeout: float | None, work: Coroutine[Any, Any, _T]) -> _T:
+    """await work, raising TimeoutError (on every Python) after timeout s.
+    work runs until it would wait, even when timeout is 0 (wait_for before
+    3.12 cancels it before it starts): a caller that polls moves on."""
     if timeout is None:
         return await work
+    task = asyncio.ensure_future(work)
     try:
-        return await asyncio.wait_for(work, timeout)
-    except asyncio.TimeoutError:  # not yet TimeoutError itself before 3.11
-        raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
+        await asyncio.wait([task], timeout=timeout)
+    except asyncio.CancelledError:
+        if not task.done():  # else its result is not lost: as wait_for, return it
+            await _cancel(task)
+            raise
+    if not task.done():
+        await _cancel(task)
+        if task.cancelled():
+            raise TimeoutError(errno.ETIMEDOUT, "timed out") from None
+    return task.result()
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
 
 
 class _Watch:
@@ -612,9 +651,10 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
 
     async def wait(self, timeout: float | None = None) -> Credentials:
         """As Offer.wait: the successor's Credentials once it is ready();
-        TimeoutError after timeout seconds, and wait() may be called again.
+        TimeoutError after timeout seconds, and wait() may be called again
+        (wait(0) too: each call goes as far as it can without waiting).
         Cancelling it loses nothing either."""
-        return await _within(timeout, self._wait())
+        return await _within(_handoff._check_timeout(timeout), self._wait())
 
     async def _wait(self) -> Credentials:
         while True:
@@ -645,6 +685,8 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
             return self.finish()
 
     def drop_peer(self) -> None:
+        """As Offer.drop_peer: turn away the successor being served, if any
+        (its take() or ready() fails), and go on offering."""
         if self._serving is not None:
             self._serving.unwatch()
             self._serving = None
@@ -672,8 +714,11 @@ class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
 
 
 async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeover:
-    """As fdpass.handoff.take, awaited: connect to the offer at path and
+    """As fdpass.handoff.take, awaited: connect to the offer at path (a
+    full backlog makes it wait, under the caller's cancellation) and
     receive every named socket, within timeout seconds."""
+    timeout = _handoff._check_timeout(timeout)
+    address = os.fspath(path)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.setblocking(False)
@@ -682,7 +727,7 @@ async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeo
         conversation = _handoff._Conversation(_handoff._take_steps())
 
         async def connect_and_receive() -> list[tuple[str, int]]:
-            await asyncio.get_running_loop().sock_connect(conn, os.fspath(path))
+            await _connect(conn, address)
             received: list[tuple[str, int]] = await _run_handoff(conversation, channel, watch)
             return received
 

@@ -5,7 +5,7 @@ successor take()s the named sockets, starts serving on them and says
 ready(); only then does the old process stop.  A successor that goes away
 before ready() changes nothing: the offer waits for the next one.
 
-The protocol (version 1) is written down in the README, "Restarts without
+The protocol (version 1) is written down in docs/restarts.md, "Restarts without
 dropping a connection".  Its steps are generators (_offer_steps,
 _take_steps, _ready_steps) that yield what to send and how much to
 receive; the blocking driver here and the asyncio one in fdpass.aio run
@@ -13,13 +13,18 @@ the same steps."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import errno
 import os
 import socket
 import stat
 import struct
+import tempfile
 import time
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 from fdpass._channel import MAX_FDS, FDChannel
@@ -53,6 +58,8 @@ _MAX_NAME = 255
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 # socket.timeout is TimeoutError from Python 3.10; before, an OSError beside it.
 _TIMEOUTS = (TimeoutError, socket.timeout)
+#: Longest pause between connect attempts while a listener's backlog is full.
+_CONNECT_RETRY_MAX = 0.05
 
 
 class _Recv(NamedTuple):
@@ -170,8 +177,8 @@ def _expect(received: tuple[bytes, bytes, list[int]], kind: bytes,
     got, body, fds = received
     if got == kind and not body and not fds:
         return
-    discard_all(fds)
     reason = f"expected {name}, got a {got!r} frame ({len(body)} bytes, {len(fds)} descriptors)"
+    discard_all(fds)
     yield _Send(_refusal(REFUSED_PROTOCOL, reason))
     raise _Refused(reason)
 
@@ -306,22 +313,58 @@ class _Conversation:
         self._steps.close()
 
 
-def _deadline(timeout: float | None) -> float | None:
+def _check_timeout(timeout: float | None) -> float | None:
+    """socket.settimeout's rules for every timeout of the handoff, checked
+    before anything is done."""
     if timeout is None:
         return None
-    if timeout < 0:
-        raise ValueError("timeout must be non-negative or None")
-    return time.monotonic() + timeout
+    if not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
+    if not timeout >= 0:  # NaN too
+        raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    timeout = _check_timeout(timeout)
+    return None if timeout is None else time.monotonic() + timeout
 
 
 def _settimeout(sock: socket.socket, deadline: float | None) -> None:
+    """sock's timeout: what is left until deadline.  Once it has passed,
+    0: each call still tries once without waiting, so that wait(0), called
+    again and again, carries the conversation forward."""
     if deadline is None:
         sock.settimeout(None)
         return
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError(errno.ETIMEDOUT, "timed out")
-    sock.settimeout(left)
+    sock.settimeout(max(deadline - time.monotonic(), 0.0))
+
+
+def _connect_pauses() -> Iterator[float]:
+    """Seconds between connect attempts while a listener's backlog is full
+    (EAGAIN on Linux, with no event to wait for): growing to a ceiling."""
+    pause = 0.001
+    while True:
+        yield pause
+        pause = min(2 * pause, _CONNECT_RETRY_MAX)
+
+
+def _connect(sock: socket.socket, address: str | bytes, deadline: float | None) -> None:
+    """Connect as a blocking connect would, within deadline: a full
+    backlog makes it wait, not fail."""
+    for pause in _connect_pauses():
+        _settimeout(sock, deadline)
+        try:
+            sock.connect(address)
+            return
+        except _TIMEOUTS:
+            break
+        except BlockingIOError as error:
+            left = None if deadline is None else deadline - time.monotonic()
+            if error.errno != errno.EAGAIN or left is not None and left <= 0:
+                break  # EINPROGRESS or EAGAIN with no time left
+            time.sleep(pause if left is None else min(pause, left))
+    raise TimeoutError(errno.ETIMEDOUT, "timed out connecting")
 
 
 def _run_blocking(conversation: _Conversation, channel: FDChannel, sock: socket.socket,
@@ -338,7 +381,7 @@ def _run_blocking(conversation: _Conversation, channel: FDChannel, sock: socket.
                     channel.send_fds(step.fds, step.data)
                 else:
                     sock.sendall(step.data, _NOSIGNAL)
-            except _TIMEOUTS:
+            except (*_TIMEOUTS, BlockingIOError):
                 raise TimeoutError(errno.ETIMEDOUT, "timed out sending") from None
             except (BrokenPipeError, ConnectionResetError) as error:
                 conversation.throw(error)
@@ -349,6 +392,8 @@ def _run_blocking(conversation: _Conversation, channel: FDChannel, sock: socket.
                 received = channel.recv_message(step.size, MAX_FDS)
             except EOFError:
                 received = (b"", [])
+            except BlockingIOError:  # no time was left: tried once
+                raise TimeoutError(errno.ETIMEDOUT, "timed out receiving") from None
             conversation.advance(received)
     return conversation.result
 
@@ -361,10 +406,12 @@ def _offered_descriptors(sockets: Mapping[str, _FileDescriptorLike]) -> list[tup
         raise ValueError("an offer needs at least one socket")
     offered = []
     for name, sock in sockets.items():
-        if not isinstance(name, str) or not 0 < len(name.encode("utf-8")) <= _MAX_NAME:
+        if not isinstance(name, str):
+            raise TypeError(f"socket names are str, not {type(name).__name__}")
+        if not 0 < len(name.encode("utf-8")) <= _MAX_NAME:
             raise ValueError(f"socket names are str of 1..{_MAX_NAME} UTF-8 bytes, not {name!r}")
-        fd = sock if isinstance(sock, int) else sock.fileno()
-        if not isinstance(fd, int) or fd < 0:
+        fd = _descriptor(name, sock)
+        if fd < 0:
             raise ValueError(f"{name!r} is closed: {sock!r}")
         if not stat.S_ISSOCK(os.fstat(fd).st_mode):
             raise ValueError(f"{name!r} is not a socket: {sock!r}")
@@ -372,34 +419,78 @@ def _offered_descriptors(sockets: Mapping[str, _FileDescriptorLike]) -> list[tup
     return offered
 
 
+def _descriptor(name: str, sock: object) -> int:
+    """The descriptor number behind an offered value; TypeError for what
+    is neither a descriptor nor has fileno()."""
+    fileno = getattr(sock, "fileno", None)
+    fd = sock if isinstance(sock, int) and not isinstance(sock, bool) else (
+        fileno() if callable(fileno) else None)
+    if not isinstance(fd, int) or isinstance(fd, bool):
+        raise TypeError(f"{name!r} must be a socket, a descriptor or an object with fileno() "
+                        f"returning one, not {type(sock).__name__}")
+    return fd
+
+
 def _listen_at(path: str | bytes, sock_timeout: float | None) -> tuple[socket.socket, int]:
     """A stream socket listening at path, mode 0600, and its inode.  A stale socket file
     (nobody listening) is replaced; one in use raises OSError(EADDRINUSE),
-    any other file FileExistsError.  The mode is set before listen(), and
-    until listen() nobody can connect, so no one slips in under 0777."""
-    address = path
+    any other file FileExistsError.
+
+    No link at path is ever followed (a chmod(path) after bind() would
+    follow one swapped in meanwhile): the socket is bound, chmod-ed and
+    listening in a private 0700 directory made beside path, where nobody
+    else can reach it, and only then renamed to path, which replaces the
+    name itself, whatever it is by then."""
+    path = os.fsdecode(path)  # bytes or not, the same file
     try:
-        existing = os.lstat(address)
+        existing = os.lstat(path)
     except FileNotFoundError:
         pass
     else:
         if not stat.S_ISSOCK(existing.st_mode):
-            raise FileExistsError(errno.EEXIST, "not replacing a file that is no socket",
-                                  address)
-        if _in_use(address):
-            raise OSError(errno.EADDRINUSE, "a process is listening there", address)
-        os.unlink(address)
+            raise FileExistsError(errno.EEXIST, "not replacing a file that is no socket", path)
+        if _in_use(path):
+            raise OSError(errno.EADDRINUSE, "a process is listening there", path)
+    # As path is: relative, or not (mkdtemp's is absolute from Python 3.12).
+    private = os.path.join(os.path.dirname(path), os.path.basename(
+        tempfile.mkdtemp(prefix=".fdpass-", dir=os.path.dirname(path))))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    name = "s"
     try:
-        listener.bind(address)
-        os.chmod(address, 0o600)
-        inode = os.stat(address).st_ino
-        listener.listen(16)
+        directory = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            made = os.fstat(directory)
+            if made.st_uid != os.geteuid() or stat.S_IMODE(made.st_mode) & 0o077:
+                raise PermissionError(errno.EPERM, "the private directory was replaced",
+                                      private)
+            listener.bind(_in_directory(directory, private, name))
+            os.chmod(name, 0o600, dir_fd=directory)
+            inode = os.stat(name, dir_fd=directory, follow_symlinks=False).st_ino
+            listener.listen(16)
+            os.rename(name, path, src_dir_fd=directory)
+        except BaseException:
+            try:
+                os.unlink(name, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+            raise
+        finally:
+            os.close(directory)
         listener.settimeout(sock_timeout)
         return listener, inode
     except BaseException:
-        listener.close()
+        discard(listener, own=True)  # once at path, it may hold connections
         raise
+    finally:
+        os.rmdir(private)
+
+
+def _in_directory(directory: int, private: str, name: str) -> str:
+    """The address to bind name in the open directory: through
+    /proc/self/fd where there is one, which holds the directory itself
+    (and keeps the address short), else its path."""
+    proc = f"/proc/self/fd/{directory}"
+    return os.path.join(proc if os.path.isdir(proc) else private, name)
 
 
 def _in_use(address: str | bytes) -> bool:
@@ -444,6 +535,10 @@ class _OfferState:
                  uid: int | None, sock_timeout: float | None) -> None:
         self._sockets = sockets  # kept alive while offered
         self._count = len(_offered_descriptors(sockets))
+        if uid is not None and (not isinstance(uid, int) or isinstance(uid, bool)):
+            raise TypeError(f"uid must be an int or None, not {type(uid).__name__}")
+        if uid is not None and uid < 0:
+            raise ValueError(f"uid must be >= 0, not {uid}")
         self.uid = os.geteuid() if uid is None else uid
         #: Successors turned away, with why: (Credentials, reason).
         self.refused: list[tuple[Credentials, str]] = []
@@ -534,7 +629,7 @@ class _OfferState:
         _shut(listener)
         discard(listener, own=True)  # connections never accepted may hold descriptors
         try:
-            if os.stat(self.path).st_ino == self._inode:
+            if os.lstat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
         except FileNotFoundError:
             pass
@@ -585,7 +680,7 @@ class Offer(_OfferState, _Closes):
                 try:
                     _settimeout(listener, deadline)
                     conn, _ = listener.accept()
-                except socket.timeout:  # an alias of TimeoutError from 3.10
+                except (socket.timeout, BlockingIOError):  # socket.timeout: TimeoutError from 3.10
                     raise TimeoutError(errno.ETIMEDOUT, "no successor came in time") from None
                 except OSError:
                     if self.closed:
@@ -684,14 +779,11 @@ def take(path: StrOrBytesPath, timeout: float | None = None) -> Takeover:
     when the peer breaks the protocol or speaks another version;
     TimeoutError after timeout seconds for any one step."""
     deadline = _deadline(timeout)
+    address = os.fspath(path)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         channel = FDChannel(conn, closefd=False)
-        _settimeout(conn, deadline)
-        try:
-            conn.connect(os.fspath(path))
-        except _TIMEOUTS:
-            raise TimeoutError(errno.ETIMEDOUT, "timed out connecting") from None
+        _connect(conn, address, deadline)
         predecessor = channel.peer_credentials()
         conversation = _Conversation(_take_steps())
         try:

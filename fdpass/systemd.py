@@ -6,6 +6,10 @@ service manager's descriptor store."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import os
 import re
 import socket
@@ -122,6 +126,8 @@ def notify(state: str, fds: Iterable[_FileDescriptorLike] = ()) -> bool:
     sd_pid_notify_with_fds sends.  False when NOTIFY_SOCKET is unset;
     OSError when sending fails; ValueError for a NOTIFY_SOCKET that is no
     path or abstract name."""
+    if not isinstance(state, str):
+        raise TypeError(f"state must be a str, not {type(state).__name__}")
     value = os.environ.get("NOTIFY_SOCKET")
     if value is None:
         return False
@@ -161,6 +167,8 @@ def store_fds(name: str, fds: Iterable[_FileDescriptorLike]) -> bool:
     them back from listen_fds().  The name is checked as systemd checks it:
     1..255 printable ASCII characters, no ':'; ValueError otherwise, and
     for no descriptors."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
     if not (0 < len(name) <= _FDNAME_MAX and all(" " <= c <= "~" and c != ":" for c in name)):
         raise ValueError(f"{name!r} is no descriptor name systemd accepts: 1..{_FDNAME_MAX} "
                          "printable ASCII characters, no ':'")

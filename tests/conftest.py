@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import fdpass
-from support import Lingering, open_fds, wait_for_discards
+from support import LINGER, Lingering, open_fds, wait_for_discards
 
 SOCKET_TYPES = {
     "stream": socket.SOCK_STREAM,
@@ -32,10 +32,6 @@ def no_fd_leak() -> Iterator[None]:
     after = open_fds()
     leaked = {fd: target for fd, target in after.items() if before.get(fd) != target}
     assert not leaked, f"descriptors leaked: {leaked}"
-
-
-#: Seconds the last close of a lingering socket (see support.Lingering) takes.
-LINGER = 3
 
 
 @pytest.fixture

@@ -123,11 +123,28 @@ def same_file(a: int, b: int) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+def run_python(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run this interpreter on args from the folder fdpass was imported from,
-    so that a child imports the same build, never a source tree in the cwd."""
+    so that a child imports the same build, never a source tree in the cwd;
+    env is added to this process's environment."""
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=120, cwd=PACKAGE_ROOT)
+                          timeout=120, cwd=PACKAGE_ROOT,
+                          env=None if env is None else {**os.environ, **env})
+
+
+def fill_backlog(path: str) -> list[socket.socket]:
+    """Connect to the listener at path until its backlog is full (the next
+    connect would wait); the connections, the caller's to close."""
+    queued: list[socket.socket] = []
+    while True:
+        client = socket.socket(socket.AF_UNIX)
+        client.setblocking(False)
+        try:
+            client.connect(path)
+        except BlockingIOError:
+            client.close()
+            return queued
+        queued.append(client)
 
 
 def python_child(code: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen[str]:
@@ -136,6 +153,10 @@ def python_child(code: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subpr
     pipe and reaps the child."""
     return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE,
                             text=True, cwd=PACKAGE_ROOT, pass_fds=pass_fds)
+
+
+#: Seconds the last close of a lingering socket (conftest's fixture) takes.
+LINGER = 3
 
 
 class Lingering:

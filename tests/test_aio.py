@@ -23,7 +23,7 @@ import uvloop
 import fdpass
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import peer_pid, raw_send, same_file
+from support import fill_backlog, peer_pid, raw_send, same_file
 
 _T = TypeVar("_T")
 Context = dict[str, Any]
@@ -202,7 +202,7 @@ def test_refuses_what_is_not_a_unix_socket() -> None:
     with pytest.raises(TypeError, match="socket.socket"):
         AsyncFDChannel(0)  # type: ignore[arg-type]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        with pytest.raises(ValueError, match="AF_UNIX"):
+        with pytest.raises(ValueError, match="^AsyncFDChannel needs an AF_UNIX socket, not AF_INET"):
             AsyncFDChannel(tcp)
         assert tcp.getblocking()  # refused before anything was changed
 
@@ -562,6 +562,41 @@ def test_close_wakes_the_tasks_waiting(run: Runner) -> None:
     run(main())
 
 
+def test_shutdown_wakes_the_peer_and_the_tasks_waiting(run: Runner) -> None:
+    """shutdown(how), which the contract gives every channel, as
+    FDChannel.shutdown: the peer's waiting receive ends (EOFError), and so
+    does one waiting on this side for SHUT_RD; the other direction works."""
+    async def main() -> None:
+        async with pair() as (a, b):
+            peer = asyncio.ensure_future(b.recv_fd())
+            own = asyncio.ensure_future(a.recv_fd())
+            await spin(3)
+            a.shutdown(socket.SHUT_WR)
+            with pytest.raises(EOFError):
+                await peer
+            assert not own.done()
+            r, w = os.pipe()
+            try:
+                await b.send_fd(r)  # the other direction still works
+                got = await own
+                assert same_file(got, r)
+                os.close(got)
+            finally:
+                os.close(r)
+                os.close(w)
+            waiting = asyncio.ensure_future(a.recv_fd())
+            await spin(3)
+            a.shutdown(socket.SHUT_RD)
+            with pytest.raises(EOFError):
+                await waiting
+            with pytest.raises(OSError):
+                a.shutdown(99)
+        with pytest.raises(ValueError, match="closed"):
+            a.shutdown(socket.SHUT_RDWR)
+
+    run(main())
+
+
 # -- the server -----------------------------------------------------------
 
 def test_server_hands_each_connection_a_channel(run: Runner, tmp_path: Path) -> None:
@@ -743,10 +778,12 @@ def test_an_abstract_socket_name(run: Runner) -> None:
     run(main())
 
 
-def test_open_channel_to_nothing_fails_cleanly(run: Runner, tmp_path: Path) -> None:
+def test_open_channel_to_nothing_fails_cleanly_naming_the_path(
+        run: Runner, tmp_path: Path) -> None:
     async def main() -> None:
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(FileNotFoundError) as raised:
             await aio.open_channel(tmp_path / "missing")
+        assert raised.value.filename == str(tmp_path / "missing")
 
     run(main())
 
@@ -789,16 +826,7 @@ def full_backlog(tmp_path: Path) -> Iterator[tuple[Path, socket.socket, list[soc
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(path))
     listener.listen(0)
-    queued: list[socket.socket] = []
-    while True:
-        client = socket.socket(socket.AF_UNIX)
-        client.setblocking(False)
-        try:
-            client.connect(str(path))
-        except BlockingIOError:
-            client.close()
-            break
-        queued.append(client)
+    queued = fill_backlog(str(path))
     with listener:
         yield path, listener, queued
     for client in queued:

@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 
 import fdpass
 from fdpass import aio, handoff
-from support import peer_pid, same_file
+from support import fill_backlog, peer_pid, same_file
 from test_aio import Runner, libuv_started, run  # noqa: F401  (fixtures)
 
 Offered = dict[str, socket.socket]
@@ -192,5 +193,102 @@ def test_close_wakes_a_waiting_task(run: Runner, path: str, listeners: Offered) 
         offer2.close()
         with pytest.raises(ValueError, match="closed"):
             await accepting
+
+    run(main())
+
+
+async def take_and_close(path: str) -> list[str]:
+    async with await aio.take(path, timeout=20) as takeover:
+        await takeover.ready()
+        close_sockets(takeover)
+    return sorted(takeover.sockets)
+
+
+@pytest.mark.parametrize("timeout", [0, 0.001])
+def test_a_server_polling_its_async_offer_hands_over(run: Runner, path: str,
+                                                     listeners: Offered, timeout: float) -> None:
+    """As the blocking form: wait(0), again and again, carries the
+    conversation forward (wait_for(.., 0) before 3.12 never started it)."""
+    async def main() -> fdpass.Credentials:
+        async with aio.AsyncOffer(path, listeners) as offer:
+            successor = asyncio.ensure_future(take_and_close(path))
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    who = await offer.wait(timeout)
+                    break
+                except TimeoutError:
+                    assert time.monotonic() < deadline, "no progress"
+                    await asyncio.sleep(0.002)
+            assert offer.closed
+            assert await successor == ["admin", "http"]
+            return who
+
+    assert run(main()).pid == peer_pid(os.getpid())
+
+
+def test_async_take_waits_while_the_backlog_is_full(run: Runner, path: str,
+                                                    listeners: Offered) -> None:
+    """A full backlog made aio.take() fail at once (ENOTCONN: the loop's
+    sock_connect took the socket for connected): it waits within its
+    timeout, and under the caller's cancellation."""
+    async def main() -> None:
+        async with aio.AsyncOffer(path, listeners) as offer:
+            queued = fill_backlog(path)
+            try:
+                started = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await aio.take(path, timeout=0.3)
+                assert time.monotonic() - started >= 0.25
+                cancelled = asyncio.ensure_future(aio.take(path, timeout=20))
+                await asyncio.sleep(0.1)
+                cancelled.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await cancelled
+                taking = asyncio.ensure_future(take_and_close(path))
+                await asyncio.sleep(0.2)
+                assert not taking.done()  # it waits
+            finally:
+                for client in queued:
+                    client.close()  # each goes away before its hello: the offer goes on
+            assert (await offer.wait(timeout=20)).pid == peer_pid(os.getpid())
+            assert await taking == ["admin", "http"]
+
+    run(main())
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan")], ids=["-1", "-0.5", "nan"])
+def test_a_negative_timeout_is_a_value_error_as_in_the_blocking_forms(
+        run: Runner, path: str, listeners: Offered, timeout: float) -> None:
+    async def main() -> None:
+        async with aio.AsyncOffer(path, listeners) as offer:
+            with pytest.raises(ValueError, match="timeout must be None or a number >= 0"):
+                await offer.wait(timeout)
+            with pytest.raises(TypeError, match="timeout must be None or a number"):
+                await offer.wait("1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="timeout must be None or a number >= 0"):
+            await aio.take(path, timeout)
+
+    run(main())
+
+
+@pytest.mark.parametrize("value", ["http", None], ids=["str", "None"])
+def test_an_offered_value_of_the_wrong_type_is_a_type_error(
+        run: Runner, path: str, listeners: Offered, value: object) -> None:
+    async def main() -> None:
+        with pytest.raises(TypeError, match="'x' must be a socket"):
+            aio.AsyncOffer(path, {"x": value})  # type: ignore[dict-item]
+        with pytest.raises(TypeError, match="uid must be an int"):
+            aio.AsyncOffer(path, listeners, uid="0")  # type: ignore[arg-type]
+
+    run(main())
+    assert not os.path.exists(path)
+
+
+def test_take_from_nothing_names_the_path(run: Runner, tmp_path: Path) -> None:
+    async def main() -> None:
+        with pytest.raises(FileNotFoundError) as raised:
+            await aio.take(tmp_path / "no-offer", timeout=10)
+        assert raised.value.filename == str(tmp_path / "no-offer")
 
     run(main())

@@ -36,7 +36,7 @@ os.register_at_fork(before=lambda: threads_at_fork.append(len(os.listdir("/proc/
 
 import fdpass
 from fdpass._engine import CLOSERS, closer_state, discard
-from support import Lingering, attach_lingering, raw_send
+from support import Lingering, raw_send
 warnings.simplefilter("error", DeprecationWarning)
 
 
@@ -125,18 +125,15 @@ def test_a_fork_right_after_a_discard() -> None:
 
 
 def test_a_fork_in_a_child_and_the_childs_leftovers() -> None:
-    # Every closing thread is blocked (sockets of the caller's own whose
-    # queues hold a lingering socket) when a discard comes: it waits in the
+    # Every closing thread is blocked (the caller's own sockets, set to
+    # linger, with unsent data) when a discard comes: it waits in the
     # queue, and a fork copies it.  The child has no thread: its copy is
     # closed by its own wait_for_discards, and it may fork in turn with no
     # warning.
     run_case("""
         held = [Lingering(30) for _ in range(CLOSERS)]
         for one in held:
-            x, y = socket.socketpair()
-            attach_lingering(x, one, b"\\0", [])
-            x.close()
-            discard(y, own=True)
+            discard(one.sock, own=True)
         deadline = time.monotonic() + 10
         while closer_state()[:2] != (CLOSERS, CLOSERS):
             assert time.monotonic() < deadline, closer_state()

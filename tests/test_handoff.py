@@ -15,13 +15,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import fdpass
-from fdpass import handoff
-from support import Child, peer_pid, raw_send, same_file
+from fdpass import aio, handoff
+from support import Child, fill_backlog, peer_pid, python_child, raw_send, same_file
 
 OTHER_UID = 65534
 Offered = dict[str, socket.socket]
@@ -171,6 +172,54 @@ def test_offer_checks_what_it_offers(path: str, listeners: Offered) -> None:
     assert not os.path.exists(path)
 
 
+class NoNumber:
+    def fileno(self) -> str:
+        return "3"
+
+
+@pytest.mark.parametrize("value", ["http", None, 2.0, True, b"\x03", NoNumber()],
+                         ids=["str", "None", "float", "bool", "bytes", "fileno-str"])
+def test_an_offered_value_of_the_wrong_type_is_a_type_error(path: str, value: object) -> None:
+    with pytest.raises(TypeError, match="'x' must be a socket, a descriptor or an object "
+                                        "with fileno"):
+        handoff.Offer(path, {"x": value})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="names are str"):
+        handoff.Offer(path, {b"x": 3})  # type: ignore[dict-item]
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("uid", ["0", 0.0, True, None], ids=["str", "float", "bool", "None"])
+def test_the_uid_must_be_an_int(path: str, listeners: Offered, uid: object) -> None:
+    """Offer(uid="0") was accepted, then refused the right successor with
+    "uid 0 is not uid 0"; None is the default, this process's uid."""
+    if uid is None:
+        with handoff.Offer(path, listeners, uid=uid) as offer:
+            assert offer.uid == os.geteuid()
+        return
+    with pytest.raises(TypeError, match="uid must be an int or None"):
+        handoff.Offer(path, listeners, uid=uid)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="uid must be >= 0"):
+        handoff.Offer(path, listeners, uid=-1)
+    assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, float("nan")], ids=["-1", "-0.5", "nan"])
+def test_a_negative_timeout_is_a_value_error_before_anything_is_done(
+        path: str, listeners: Offered, timeout: float) -> None:
+    """As socket.settimeout: ValueError for a negative value, before the
+    offer accepts or take() connects (there is no offer at path)."""
+    with handoff.Offer(path, listeners) as offer:
+        with pytest.raises(ValueError, match="timeout must be None or a number >= 0"):
+            offer.wait(timeout)
+        with pytest.raises(TypeError, match="timeout must be None or a number, not str"):
+            offer.wait("1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="timeout must be None or a number >= 0"):
+        handoff.take(path, timeout)
+    a, b = fdpass.FDChannel.pair()
+    with a, b, pytest.raises(ValueError, match=">= 0"):
+        a.settimeout(timeout)
+
+
 # -- the socket file ---------------------------------------------------------
 
 def test_a_stale_socket_file_is_replaced(path: str, listeners: Offered) -> None:
@@ -194,6 +243,73 @@ def test_a_live_socket_or_another_file_is_refused(path: str, listeners: Offered)
         handoff.Offer(path, listeners)
     with open(path) as regular:
         assert regular.read() == "not a socket"
+
+
+ATTACKER = """
+import os, sys, time
+path, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+print("swapping", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for swap in (lambda: os.unlink(path), lambda: os.symlink(target, path)):
+        try:
+            swap()
+        except OSError:
+            pass
+"""
+
+
+OFFERS = {"blocking": handoff.Offer, "asyncio": aio.AsyncOffer}
+
+
+@pytest.mark.parametrize("form", sorted(OFFERS))
+def test_the_mode_is_never_set_through_a_link_swapped_in(shared_dir: str, listeners: Offered,
+                                                         form: str) -> None:
+    """A process that may write in the offer's directory swaps a symlink to
+    a file of its choosing in at path, again and again, while offers are
+    made there: that file keeps its mode (chmod(path) after bind() once
+    made it 0600, within a few hundred offers).  AsyncOffer is made and
+    closed without a loop, as it may be."""
+    path = os.path.join(shared_dir, "offer.sock")
+    victim = os.path.join(shared_dir, "victim")
+    with open(victim, "w"):
+        pass
+    os.chmod(victim, 0o644)
+    made = tried = 0
+    with python_child(ATTACKER, path, victim, "5") as attacker:
+        assert attacker.stdout is not None and attacker.stdout.readline() == "swapping\n"
+        while attacker.poll() is None and made < 3000:
+            tried += 1
+            try:
+                offer = OFFERS[form](path, listeners)
+            except OSError:
+                continue  # the link was there first: refused
+            made += 1
+            offer.close()
+            assert stat.S_IMODE(os.stat(victim).st_mode) == 0o644, f"after {made} offers"
+        attacker.kill()
+    assert stat.S_IMODE(os.stat(victim).st_mode) == 0o644
+    assert made >= 50, (made, tried)
+    assert [name for name in os.listdir(shared_dir) if name.startswith(".fdpass-")] == []
+
+
+@pytest.mark.parametrize("form", sorted(OFFERS))
+def test_an_offer_at_a_path_longer_than_sockaddr_un_holds(tmp_path: Path, listeners: Offered,
+                                                           form: str) -> None:
+    """The socket is bound in a private directory, through /proc/self/fd
+    where there is one, so path itself may be longer than AF_UNIX allows."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("no /proc/self/fd here: bind() takes the path itself")
+    deep = tmp_path / ("d" * 120)
+    deep.mkdir()
+    path = str(deep / "offer.sock")
+    offer = OFFERS[form](path, listeners)
+    try:
+        assert stat.S_ISSOCK(os.lstat(path).st_mode)
+        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o600
+    finally:
+        offer.close()
+    assert os.listdir(deep) == []
 
 
 def test_close_leaves_a_path_that_is_no_longer_its_own(path: str, listeners: Offered) -> None:
@@ -315,8 +431,8 @@ def test_wait_times_out_and_goes_on_with_a_half_way_successor(
         thread.result()
 
 
-def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) -> None:
-    offer = handoff.Offer(path, listeners)
+def taken_half_way(path: str, offer: handoff.Offer) -> handoff.Takeover:
+    """A successor in this process that has the sockets and is not ready."""
     taking = Background(lambda: handoff.take(path, timeout=10))
     while True:
         try:
@@ -324,7 +440,13 @@ def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) 
         except TimeoutError:
             if taking._outcome:
                 break
-    takeover = taking.result()
+    takeover: handoff.Takeover = taking.result()
+    return takeover
+
+
+def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) -> None:
+    offer = handoff.Offer(path, listeners)
+    takeover = taken_half_way(path, offer)
     offer.close()  # the old process changed its mind
     with pytest.raises(ConnectionAbortedError, match="without confirming"):
         takeover.ready()
@@ -334,12 +456,70 @@ def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) 
         takeover.ready()
 
 
+def test_drop_peer_turns_a_half_way_successor_away_and_the_offer_goes_on(
+        path: str, listeners: Offered) -> None:
+    """As docs/restarts.md says of the public drop_peer()."""
+    with handoff.Offer(path, listeners) as offer:
+        takeover = taken_half_way(path, offer)
+        offer.drop_peer()
+        with pytest.raises(ConnectionError):
+            takeover.ready()
+        close_all_sockets(takeover)
+        takeover.close()
+        assert not offer.closed
+        follower = Background(lambda: take_and_close(path))
+        assert offer.wait(timeout=10).pid == peer_pid(os.getpid())
+        assert follower.result().keys() == listeners.keys()
+
+
 def test_take_times_out_on_an_offer_nobody_serves(path: str, listeners: Offered) -> None:
     with handoff.Offer(path, listeners):  # and never wait()s
         with pytest.raises(TimeoutError):
             handoff.take(path, timeout=0.1)
     with pytest.raises(FileNotFoundError):
         handoff.take(path, timeout=0.1)
+
+
+def test_take_waits_while_the_backlog_is_full(path: str, listeners: Offered) -> None:
+    """A full listen backlog made take() fail at once (BlockingIOError)
+    despite its timeout: it waits, as a blocking connect does."""
+    with handoff.Offer(path, listeners) as offer:
+        queued = fill_backlog(path)
+        try:
+            started = time.monotonic()
+            with pytest.raises(TimeoutError):
+                handoff.take(path, timeout=0.3)
+            assert time.monotonic() - started >= 0.25
+            taking = Background(lambda: take_and_close(path))
+            time.sleep(0.2)
+            assert not taking._outcome  # it waits
+        finally:
+            for client in queued:
+                client.close()  # each goes away before its hello: the offer goes on
+        assert offer.wait(timeout=20).pid == peer_pid(os.getpid())
+        assert sorted(taking.result()) == ["admin", "http"]
+
+
+@pytest.mark.parametrize("timeout", [0, 0.001])
+def test_a_server_polling_its_offer_hands_over(path: str, listeners: Offered,
+                                               timeout: float) -> None:
+    """wait(0) never made progress: each wait(0) (or a short wait) goes
+    as far as it can without waiting, and one of them returns."""
+    with handoff.Offer(path, listeners) as offer:
+        successor = Background(lambda: take_and_close(path))
+        deadline = time.monotonic() + 10
+        polls = 0
+        while True:
+            polls += 1
+            try:
+                who = offer.wait(timeout)
+                break
+            except TimeoutError:
+                assert time.monotonic() < deadline, f"no progress in {polls} polls"
+                time.sleep(0.002)  # the server serves meanwhile
+        assert who.pid == peer_pid(os.getpid())
+        assert offer.closed
+        assert sorted(successor.result()) == ["admin", "http"]
 
 
 # -- peers that speak garbage or another version ------------------------------
@@ -402,7 +582,7 @@ def test_a_successor_sending_descriptors_is_refused(path: str, listeners: Offere
             assert recv_all(peer)[1] == 0
         take_and_close(path)
         waiting.result()
-        assert "descriptors" in offer.refused[0][1]
+        assert offer.refused[0][1] == "expected HELLO, got a b'H' frame (0 bytes, 2 descriptors)"
 
 
 class FakeOffer:

@@ -7,6 +7,9 @@ the measurement can fail."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from fdpass import _demo_handoff
@@ -54,6 +57,17 @@ def test_demo_handoff_command() -> None:
     assert sum("took the listener over" in line for line in lines) == 3
     assert any(line.startswith("plain restart: ") for line in lines)
     assert lines[-1] == "the handoff lost no connection: 0 refused"
+
+
+def test_demo_handoff_with_a_long_tmpdir(tmp_path: Path) -> None:
+    """A $TMPDIR longer than about 71 characters made the handoff paths
+    too long for AF_UNIX: they are relative to the generations' directory."""
+    tmpdir = tmp_path / ("t" * 150)
+    tmpdir.mkdir()
+    done = run_python("-m", "fdpass", "demo", "handoff", env={"TMPDIR": str(tmpdir)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "the handoff lost no connection: 0 refused"
+    assert os.listdir(tmpdir) == []
 
 
 def test_demo_without_handoff_is_still_the_first_demo() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import threading
 import time
@@ -21,9 +22,9 @@ import fdpass
 from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, attach_lingering as attach, raw_send, same_file
+from support import LINGER, Lingering, attach_lingering as attach, open_fds, raw_send, same_file
 
-PROMPT = 1.0    # a receive that waited for the close would take conftest.LINGER
+PROMPT = 1.0    # a receive that waited for the close would take LINGER
 
 
 def timed(call: Callable[[], object]) -> float:
@@ -88,34 +89,18 @@ def test_a_record_too_long_is_discarded_without_waiting(
         assert_refused_at_once(held)
 
 
-def test_closing_a_channel_with_a_queued_descriptor_keeps_the_gil_free(
+@pytest.mark.parametrize("wrapped", ["number", "socket"])
+def test_closing_a_channel_with_a_queued_lingering_socket_does_not_wait(
         stream: tuple[socket.socket, socket.socket],
-        lingering: Callable[[], Lingering]) -> None:
+        lingering: Callable[[], Lingering], wrapped: str) -> None:
     # The socket's queue holds the lingering socket: the last close of the
-    # channel's socket closes it too.  That close waits, but without the GIL.
+    # channel's socket closes it too.  Its linger is turned off first.
     peer, mine = stream
-    fd = mine.detach()
     held = lingering()
     attach(peer, held, b"\0", [])
-    ticks = 0
-    done = threading.Event()
-
-    def tick() -> None:
-        nonlocal ticks
-        while not done.wait(0.01):
-            ticks += 1
-
-    ticker = threading.Thread(target=tick)
-    ticker.start()
-    try:
-        closer = threading.Timer(0.5, held.peer.close)  # then the close ends
-        closer.start()
-        FDChannel(fd).close()
-        closer.join()
-    finally:
-        done.set()
-        ticker.join()
-    assert ticks >= 20
+    channel = FDChannel(mine.detach() if wrapped == "number" else mine)
+    assert timed(channel.close) < PROMPT
+    assert held.reset_seen(PROMPT)
 
 
 def test_the_event_loop_runs_on_while_discards_close(
@@ -168,3 +153,40 @@ def test_closing_a_server_with_an_unaccepted_connection_stalls_nothing(
 
     assert asyncio.run(main()) < PROMPT
     assert_closing_off_thread()
+
+
+def test_a_receive_during_which_the_kernel_discards_stops_no_other_thread(
+        stream: tuple[socket.socket, socket.socket],
+        lingering: Callable[[], Lingering]) -> None:
+    # At RLIMIT_NOFILE the kernel itself drops what it cannot install, and
+    # the last close of the lingering socket happens in the receiving thread,
+    # on its way out of recvmsg: that thread waits, holding no GIL.
+    peer, mine = stream
+    gaps: list[float] = []
+    done = threading.Event()
+
+    def tick() -> None:
+        last = time.monotonic()
+        while not done.wait(0.01):
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    with FDChannel(mine, closefd=False) as rx:
+        attach(peer, lingering(), b"\0", [])
+        ticker = threading.Thread(target=tick)
+        ticker.start()
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        lowest_free = min(set(range(len(open_fds()) + 2)) - set(open_fds()))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, limit[1]))
+        try:
+            start = time.monotonic()
+            with pytest.raises(ProtocolError, match="RLIMIT_NOFILE"):
+                rx.recv_fd()
+            took = time.monotonic() - start
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+            done.set()
+            ticker.join()
+    assert took > LINGER - 1, "the kernel's own close lingered in this thread"
+    assert max(gaps) < 0.5, f"another thread stopped for {max(gaps):.2f} s"

@@ -8,7 +8,7 @@ while honest channels open and close.
   close is seen by its peer (EOF) within PROMPT, the process's descriptor
   count stays bounded, and afterwards it is back where it started.
 - Closes block for another reason, fewer than CLOSERS at once (the
-  caller's own sockets whose queues hold a peer's lingering socket):
+  caller's own TCP sockets, set to linger, with unsent data):
   every other discard is closed within PROMPT, the closer never has more
   than CLOSERS threads, and afterwards it has none.
 
@@ -179,6 +179,14 @@ def passed() -> Iterator[int]:
         os.close(w)
 
 
+def lingering_own_close() -> Lingering:
+    """A close that blocks on a closing thread until the returned socket's
+    peer goes: the caller's own socket, set to linger, discarded as it is."""
+    one = Lingering(LINGER)
+    discard(one.sock, own=True)
+    return one
+
+
 def released_after(hold: float, held: deque[tuple[float, Lingering]], now: float) -> None:
     """Close the lingering sockets' peers sent more than hold seconds ago."""
     while held and held[0][0] <= now - hold:
@@ -252,17 +260,12 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     probes = 0
 
     def block() -> None:
-        """Keep BLOCKED closes blocked: sockets of the caller's own whose
-        queue holds a lingering socket, discarded as they were set up."""
+        """Keep BLOCKED closes blocked: the caller's own lingering sockets,
+        discarded as they were set up."""
         while not soak.stopping.is_set():
             released_after(HOLD, blocked, time.monotonic())
             while len(blocked) < BLOCKED:
-                x, y = socket.socketpair()
-                one = Lingering(LINGER)
-                attach_lingering(x, one, b"\0", [])
-                x.close()
-                discard(y, own=True)
-                blocked.append((time.monotonic(), one))
+                blocked.append((time.monotonic(), lingering_own_close()))
             time.sleep(0.01)
         released_after(-1, blocked, time.monotonic())
 
@@ -303,7 +306,7 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     assert (fd_count(), thread_count()) == (start_fds, start_threads)
 
 
-# -- starving the closer by what it closes: issue 18, open -------------------
+# -- starving the closer by what it closes -----------------------------------
 
 def assert_a_later_discard_closes_at_once() -> None:
     """With closes blocked, a pipe's write end discarded now is closed
@@ -346,11 +349,9 @@ def test_refused_unix_sockets_carrying_lingering_ones_starve_no_closer(
             one.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 18: a server's own sockets close as set up, and a client chose what "
-    "their queues hold: CLOSERS clients that each leave a lingering socket "
-    "unread when the server closes them starve the closer"))
 def test_clients_leaving_lingering_sockets_unread_starve_no_server(tmp_path: Path) -> None:
+    # CLOSERS clients each leave a lingering socket unread in a connection
+    # the server then closes: its own socket, whose queue is defused.
     path = tmp_path / "s"
     held = [Lingering(1) for _ in range(CLOSERS)]
 
