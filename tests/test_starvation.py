@@ -48,6 +48,7 @@ LINGER = 30       # seconds each would linger
 HOLD = 1.0        # seconds before its peer goes (see above)
 PROMPT = 0.1      # seconds within which a close is seen, a discard closed
 GIVE_UP = 2.0     # seconds after which a close not seen counts as never seen
+SLACK = 3         # see assert_prompt
 #: Closes blocked at once in the second soak: fewer than the bound, which
 #: the contract puts at 8 at least.
 BLOCKED = 7
@@ -62,6 +63,17 @@ def fd_count() -> int:
 
 def thread_count() -> int:
     return len(os.listdir("/proc/self/task"))
+
+
+def assert_prompt(delays: list[float], what: str) -> None:
+    """Each delay (a close seen, a discard closed) is within PROMPT.  It is
+    measured by a Python thread, which must first get the GIL back from
+    half a dozen others, on a CI machine's two shared CPUs: one in a
+    hundred may take up to SLACK * PROMPT.  A starved closer makes every
+    delay after it HOLD or more, so it fails either way."""
+    late = sorted(round(d, 3) for d in delays if d >= PROMPT)
+    assert len(late) <= len(delays) // 100 and all(d < SLACK * PROMPT for d in late), \
+        f"{len(late)} of {len(delays)} {what} late (s): {late[-10:]}"
 
 
 class Soak:
@@ -163,9 +175,7 @@ class Honest:
     def check(self) -> None:
         for kind, delays in self.delays.items():
             assert len(delays) >= 10 * SECONDS, f"{kind}: only {len(delays)} closes"
-            late = [round(d, 3) for d in delays if d >= PROMPT]
-            assert not late, (f"{kind}: {len(late)} of {len(delays)} closes seen late (s): "
-                              f"{late[:10]}")
+            assert_prompt(delays, f"{kind} closes seen")
 
 
 @pytest.fixture
@@ -255,7 +265,6 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
     start_fds, start_threads = fd_count(), thread_count()
     soak = Soak()
     blocked: deque[tuple[float, Lingering]] = deque()
-    late: list[float] = []
     probe_delays: list[float] = [0.0]
     probes = 0
 
@@ -281,8 +290,6 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
                 delay = time.monotonic() - discarded
                 assert ready and os.read(r, 1) == b""
                 probe_delays.append(delay)
-                if delay >= PROMPT:
-                    late.append(round(delay, 3))
                 probes += 1
             finally:
                 os.close(r)
@@ -296,7 +303,7 @@ def test_closes_that_block_hold_up_no_other_discard(passed: int) -> None:
           f"{honest.summary()}; closer threads at most {max(soak.closers)}; descriptors "
           f"{start_fds} -> at most {max(soak.fds)}")
     assert probes >= 10 * SECONDS
-    assert not late, f"{len(late)} of {probes} discards closed late (s): {late[:10]}"
+    assert_prompt(probe_delays[1:], "discards closed")
     honest.check()
     assert BLOCKED < CLOSERS
     assert max(soak.closers) <= CLOSERS
