@@ -104,10 +104,6 @@ def test_a_fork_after_waiting_for_discards() -> None:
     """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 18: the before-fork hook (fdpass_closer_retire_idle) waits for idle "
-    "threads only while the queue is empty: a discard still queued, its thread "
-    "just woken or started, is alive at the fork (2 threads in 42 of 50 forks)"))
 def test_a_fork_right_after_a_discard() -> None:
     # No wait: the before-fork hook retires the idle closing threads.  Each
     # round starts with no thread (they exit when idle), so that each

@@ -326,27 +326,33 @@ def assert_a_later_discard_closes_at_once() -> None:
         os.close(r)
 
 
-def unix_socket_holding(one: Lingering) -> socket.socket:
-    """An AF_UNIX socket whose queue holds the lingering socket: its close
-    releases the queue, and so is the lingering socket's last close."""
+def unix_socket_holding(one: Lingering, depth: int) -> socket.socket:
+    """An AF_UNIX socket whose queue holds the lingering socket, depth - 1
+    AF_UNIX sockets deep: its close releases its queue, and so is the
+    lingering socket's last close."""
     x, y = socket.socketpair()
     with x:
-        attach_lingering(x, one, b"\0", [])
+        if depth == 1:
+            attach_lingering(x, one, b"\0", [])
+        else:
+            with unix_socket_holding(one, depth - 1) as inner:
+                raw_send(x, b"\0", [inner.fileno()])
     return y
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 18: a refused AF_UNIX socket is closed as it is (SO_LINGER means "
-    "nothing to it), and its close releases its queue: a lingering socket "
-    "queued in it lingers on a closing thread; CLOSERS of them starve the closer"))
+@pytest.mark.parametrize("depth", [1, 3])
 def test_refused_unix_sockets_carrying_lingering_ones_starve_no_closer(
-        stream: tuple[socket.socket, socket.socket], pipe: tuple[int, int]) -> None:
+        stream: tuple[socket.socket, socket.socket], pipe: tuple[int, int],
+        depth: int) -> None:
+    # A peer's extras are AF_UNIX sockets, each with a lingering socket in
+    # its queue (or deeper): refusing them (SO_LINGER means nothing to an AF_UNIX
+    # socket) must defuse their queues, or CLOSERS of them starve the closer.
     peer, mine = stream
     held = [Lingering(1) for _ in range(CLOSERS)]
     try:
         with FDChannel(mine, closefd=False) as room:
             for one in held:
-                with unix_socket_holding(one) as extra:
+                with unix_socket_holding(one, depth) as extra:
                     raw_send(peer, b"\0", [pipe[0], extra.fileno()])
                 with pytest.raises(ProtocolError):
                     room.recv_fd()
