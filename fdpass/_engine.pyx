@@ -372,21 +372,31 @@ def discard_all(fds):
         discard(fds.pop())
 
 
+#: Seconds wait_for_discards waits at a time between checks for signals.
+cdef double WAIT_SLICE = 0.1
+
+
 def wait_for_discards(timeout=None):
     """Wait until every descriptor fdpass discarded so far is closed, and
     its closing threads are gone; True then, False when timeout seconds
     (None: no limit) passed first.  Discards are closed in the background;
     this is for code that counts its descriptors or threads (a leak check,
     a fork that follows)."""
-    cdef double seconds = -1.0
-    cdef int idle
+    cdef double seconds = -1.0, deadline = 0.0, step
+    cdef int idle = 0
     if timeout is not None:
         seconds = timeout
         if not seconds >= 0:
             raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
-    with nogil:
-        idle = fdpass_discards_wait(seconds)
-    return bool(idle)
+        deadline = monotonic() + seconds
+    while True:
+        # In slices, so that a signal handler (Ctrl-C) runs while a close blocks.
+        step = WAIT_SLICE if seconds < 0 else min(WAIT_SLICE, deadline - monotonic())
+        with nogil:
+            idle = fdpass_discards_wait(step if step > 0 else 0.0)
+        if idle or (seconds >= 0 and monotonic() >= deadline):
+            return bool(idle)
+        PyErr_CheckSignals()
 
 
 def closer_state():
