@@ -806,3 +806,5 @@ NOSIGPIPE_METHOD = FDPASS_NOSIGPIPE_METHOD.decode("ascii")
 FAMILY_METHOD = FDPASS_FAMILY_METHOD.decode("ascii")
 #: Where peer_credentials() comes from (getpeereid: no pid, -1).
 CREDENTIALS_METHOD = FDPASS_CREDENTIALS_METHOD.decode("ascii")
+#: How recv_many and send_many take many messages: one call, or a loop.
+BATCH_METHOD = "recvmmsg/sendmmsg" if FDPASS_HAVE_MMSG else "recvmsg/sendmsg loop"
