@@ -15,7 +15,7 @@ import pytest
 import fdpass
 from fdpass import FDChannel, ProtocolError, _engine
 from fdpass._channel import MAX_BATCH
-from support import close_all, raw_send, same_file, wait_for_discards
+from support import close_all, open_fds, raw_send, same_file, wait_for_discards
 
 TYPES = [socket.SOCK_STREAM, socket.SOCK_SEQPACKET, socket.SOCK_DGRAM]
 
@@ -93,14 +93,16 @@ def test_failed_message_raised_in_order(sockets: tuple[socket.socket, socket.soc
 def test_close_discards_what_recv_many_holds(sockets: tuple[socket.socket, socket.socket]
                                              ) -> None:
     a, b = sockets
+    rx = FDChannel(b, closefd=False)
+    before = open_fds()
     raw_send(a, b"\0", [0, 1])
     raw_send(a, b"\0", [1])
     raw_send(a, b"\0", [2])
-    rx = FDChannel(b, closefd=False)
     with pytest.raises(ProtocolError):
         rx.recv_many(16, maxfds=1)
     rx.close()  # the two messages it held: their descriptors are discarded
     assert wait_for_discards(10)
+    assert open_fds() == before and rx.closed
 
 
 @pytest.mark.parametrize("sock_type", [socket.SOCK_SEQPACKET, socket.SOCK_DGRAM])
