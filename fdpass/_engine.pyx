@@ -203,9 +203,9 @@ cdef inline bint tripped(const Guard *guard, int sock) noexcept nogil:
                                                      and guard.owner_fd[0] != sock))
 
 
-cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, fdpass_mmsghdr *many,
-                         unsigned int vlen, int flags, double timeout, double deadline,
-                         const Guard *guard, int *err) except -2:
+cdef inline Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, fdpass_mmsghdr *many,
+                                unsigned int vlen, int flags, double timeout, double deadline,
+                                const Guard *guard, int *err) except -2:
     """sendmsg/recvmsg in the PEP 475 loop (with many, sendmmsg/recvmmsg
     of up to vlen messages: the count).  The first try is non-blocking.
     A send's keeps the GIL (it cannot wait, and releasing the GIL costs more
