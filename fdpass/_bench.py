@@ -423,7 +423,7 @@ class AsyncFloor(AsyncChannel):
     """The asyncio rows' floor: the loop's own one-byte ping-pong
     (sock_sendall, sock_recv), no descriptor at all."""
 
-    name = "asyncio sock_recv/sendall, no fds"
+    name = "asyncio sock_recv/sendall (no fds)"
 
     def supports(self, w: Workload) -> bool:
         return w.reply
@@ -444,7 +444,7 @@ class AsyncFloor(AsyncChannel):
 
 
 class AsyncFloorUvloop(AsyncFloor, AsyncChannelUvloop):
-    name = "uvloop sock_recv/sendall, no fds"
+    name = "uvloop sock_recv/sendall (no fds)"
 
 
 class Anyio(AsyncChannel):
@@ -767,12 +767,12 @@ def table(results: Sequence[Result], workloads: Sequence[Workload], repeats: int
             continue
         out.append(f"{w.name}: {rows[0].descriptors:,} descriptors, {w.what}; "
                    f"median of {repeats}")
-        out.append(f"  {'implementation':<32} {'us/fd':>8} {'fd/s':>11} {'vs floor':>9} "
+        out.append(f"  {'implementation':<36} {'us/fd':>8} {'fd/s':>11} {'vs floor':>9} "
                    f"{'vs stdlib':>10}")
         for r in rows:
             floor = f"{r.vs_floor:.2f}x" if r.vs_floor is not None else "-"
             stdlib = f"{r.speedup_vs_stdlib:.2f}x" if r.speedup_vs_stdlib is not None else "-"
-            out.append(f"  {r.implementation:<32} {r.us_per_fd:>8.3f} "
+            out.append(f"  {r.implementation:<36} {r.us_per_fd:>8.3f} "
                        f"{r.fds_per_second:>11,.0f} {floor:>9} {stdlib:>10}")
         out.append("")
     return "\n".join(out)

@@ -1,7 +1,7 @@
 import io
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar, Union, overload
 
 from _typeshed import (
@@ -71,7 +71,7 @@ class FDChannel:
         self, max_messages: int, bufsize: int = 1, maxfds: int = ...
     ) -> list[tuple[bytes, list[int]]]: ...
     def send_many(
-        self, messages: Iterable[tuple[ReadableBuffer, Iterable[_FileDescriptorLike]]]
+        self, messages: Iterable[tuple[ReadableBuffer, Sequence[_FileDescriptorLike]]]
     ) -> None: ...
     def recv_message_from(
         self, bufsize: int, maxfds: int = ...

@@ -3,7 +3,7 @@ standard socket module's timeout rules."""
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport (
@@ -687,25 +687,30 @@ Sends and receives open descriptors over an AF_UNIX socket
     def send_many(self, messages):
         """Send every (payload, descriptors) of messages, in order, in one
         system call where the platform has sendmmsg; each payload at least
-        one byte, each message at most MAX_FDS descriptors (none is fine).
-        Returns when all went; an error names in .messages_sent how many
-        went whole before it."""
+        one byte, each message's descriptors a sequence of at most MAX_FDS
+        (none is fine).  Returns when all went; an error names in
+        .messages_sent how many went whole before it."""
         cdef double timeout
         cdef int sock, err = 0
         cdef Batch batch
         cdef size_t sent = 0
-        cdef Py_ssize_t i, j, n, total = 0, views = 0
+        cdef Py_ssize_t i, j, k, n, total = 0
         cdef Py_buffer *buffers
         cdef char *block
-        items = [(data, tuple(fs)) for data, fs in messages]
+        cdef int *fds
+        # A tuple holds its items for the call, whatever another thread does
+        # to the caller's list while a send waits without the GIL.
+        items = messages if type(messages) is tuple else tuple(messages)
         n = len(items)
         if n == 0:
             return
         for i in range(n):
-            if len(items[i][1]) > FDPASS_MAX_FDS:
+            data, fs = items[i]
+            k = len(fs)
+            if k > FDPASS_MAX_FDS:
                 raise ValueError(f"at most {FDPASS_MAX_FDS} descriptors fit in one message, "
-                                 f"got {len(items[i][1])} in message {i}")
-            total += len(items[i][1])
+                                 f"got {k} in message {i}")
+            total += k
         block = <char *>PyMem_Malloc(n * (sizeof(Py_buffer) + sizeof(char *) + sizeof(size_t)
                                           + sizeof(int)) + total * sizeof(int))
         if block == NULL:
@@ -714,24 +719,32 @@ Sends and receives open descriptors over an AF_UNIX socket
         batch.data = <const char **>(buffers + n)
         batch.lengths = <size_t *>(batch.data + n)
         batch.nfds = <int *>(batch.lengths + n)
-        batch.fds = <int *>(batch.nfds + n)
+        fds = <int *>(batch.nfds + n)
+        batch.fds = fds
         batch.count = n
         batch.atomic = self._type != SOCK_STREAM
+        for i in range(n):
+            buffers[i].obj = NULL  # PyBuffer_Release skips a view never taken
         try:
             total = 0
             for i in range(n):
-                data, fs = items[i]
-                for j in range(len(fs)):
-                    (<int *>batch.fds)[total + j] = as_fd(fs[j])
-                (<int *>batch.nfds)[i] = <int>len(fs)
-                total += len(fs)
-                PyObject_GetBuffer(data, &buffers[i], PyBUF_SIMPLE)
-                views += 1
-                if buffers[i].len == 0:
+                item = items[i]
+                data, fs = item
+                k = len(fs)
+                for j in range(k):
+                    fds[total + j] = as_fd(fs[j])
+                (<int *>batch.nfds)[i] = <int>k
+                total += k
+                if type(data) is bytes and type(item) is tuple:  # held by items: no view
+                    batch.data[i] = PyBytes_AS_STRING(data)
+                    (<size_t *>batch.lengths)[i] = PyBytes_GET_SIZE(data)
+                else:
+                    PyObject_GetBuffer(data, &buffers[i], PyBUF_SIMPLE)
+                    batch.data[i] = <const char *>buffers[i].buf
+                    (<size_t *>batch.lengths)[i] = buffers[i].len
+                if batch.lengths[i] == 0:
                     raise ValueError(f"message {i}'s payload is empty: every message "
                                      "needs at least one byte")
-                batch.data[i] = <const char *>buffers[i].buf
-                (<size_t *>batch.lengths)[i] = buffers[i].len
             sock = self._begin(&timeout)
             try:
                 if send_messages(sock, &batch, self._wait_flags(timeout), timeout,
@@ -740,7 +753,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                     for i in range(batch.done):
                         total += batch.nfds[i]
                     try:
-                        raise_send_error(err, sock, batch.fds + total, batch.nfds[batch.done],
+                        raise_send_error(err, sock, fds + total, batch.nfds[batch.done],
                                          sent, self._type, self._connected)
                     except BaseException as error:
                         error.messages_sent = batch.done
@@ -748,7 +761,7 @@ Sends and receives open descriptors over an AF_UNIX socket
             finally:
                 self._end()
         finally:
-            for i in range(views):
+            for i in range(n):
                 PyBuffer_Release(&buffers[i])
             PyMem_Free(block)
 
