@@ -493,14 +493,21 @@ def closer_state():
     return workers, busy, queued
 
 
-def _retire_idle_closers():
+#: Seconds a fork waits for discards under way to be closed (each takes
+#: microseconds, unless it blocks), so that it finds no closing thread.
+FORK_GRACE = 0.1
+
+
+def _before_fork():
+    """Python 3.12+ warns of forking a multi-threaded process: a fork finds
+    no closing thread but one blocked in a close, if any."""
+    cdef double grace = FORK_GRACE
     with nogil:
-        fdpass_closer_retire_idle()
+        if not fdpass_discards_wait(grace):
+            fdpass_closer_retire_idle()
 
 
-# A fork finds no idle closing thread (only one blocked in a close, if any):
-# Python 3.12+ warns of forking a multi-threaded process.
-os.register_at_fork(before=_retire_idle_closers)
+os.register_at_fork(before=_before_fork)
 
 
 cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,
