@@ -10,6 +10,7 @@ from libc.errno cimport (
     EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
 )
 from libc.math cimport isnan
+from libc.string cimport memset
 from posix.fcntl cimport F_GETFD, F_GETFL, F_SETFD, FD_CLOEXEC, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
@@ -723,8 +724,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         batch.fds = fds
         batch.count = n
         batch.atomic = self._type != SOCK_STREAM
-        for i in range(n):
-            buffers[i].obj = NULL  # PyBuffer_Release skips a view never taken
+        memset(buffers, 0, n * sizeof(Py_buffer))  # PyBuffer_Release skips a view never taken
         try:
             total = 0
             for i in range(n):
