@@ -9,6 +9,8 @@ import errno
 import fcntl
 import os
 import socket
+import threading
+import time
 
 import pytest
 
@@ -204,3 +206,23 @@ def test_arguments_checked() -> None:
             rx.recv_many(1, bufsize=0)
         with pytest.raises(ValueError, match="maxfds"):
             rx.recv_many(1, maxfds=0)
+
+
+def test_close_from_another_thread_wakes_recv_many() -> None:
+    tx, rx = FDChannel.pair()
+    outcome: list[BaseException] = []
+
+    def receive() -> None:
+        try:
+            rx.recv_many(4)
+        except BaseException as error:
+            outcome.append(error)
+
+    waiter = threading.Thread(target=receive)
+    with tx:
+        waiter.start()
+        time.sleep(0.2)  # the receive is waiting without the GIL by now
+        rx.close()
+        waiter.join(10)
+    assert not waiter.is_alive()
+    assert isinstance(outcome[0], ValueError) and "closed" in str(outcome[0])
