@@ -19,8 +19,12 @@ cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
 cdef int check_open_args(object mode, object buffering, object encoding, object errors,
                          object newline) except -1:
     """open()'s own checks of what needs no descriptor, made before a
-    message is received, so that a mistake consumes nothing."""
+    message is received, so that a mistake consumes nothing.  open()'s
+    defaults need no check: recv_file() pays none."""
     cdef bint text = False
+    if (mode is None and encoding is None and errors is None and newline is None
+            and type(buffering) is int):
+        return 0
     for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
                         ("newline", newline)):
         if value is not None and not isinstance(value, str):
@@ -100,7 +104,8 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
     cdef _HandOver opener = _HandOver()
     opener.fd = fd
     try:
-        f = open("<received descriptor>", file_mode(fd, mode), buffering,
+        # A bytes name: open() passes it on as it is, where a str is encoded.
+        f = open(b"<received descriptor>", file_mode(fd, mode), buffering,
                  encoding, errors, newline, opener=opener)
     except BaseException:
         if not opener.taken:

@@ -7,6 +7,7 @@ CLOEXEC_METHOD: str
 NOSIGPIPE_METHOD: str
 FAMILY_METHOD: str
 CREDENTIALS_METHOD: str
+BATCH_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
 CLOSERS: int
