@@ -11,6 +11,7 @@ from fdpass._posix cimport FDPASS_O_PATH
 
 import codecs
 import socket as _socket
+import sys
 
 cdef frozenset MODE_CHARS = frozenset("rwaxbt+")
 cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
@@ -50,7 +51,9 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         raise ValueError("can't have unbuffered text I/O (buffering=0 in text mode)")
     if newline not in NEWLINES:
         raise ValueError(f"illegal newline value: {newline!r}")
-    if encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
+    if encoding == "locale" and sys.version_info >= (3, 10):
+        pass  # open()'s name for the locale's encoding (PEP 597)
+    elif encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
         raise LookupError(f"{encoding!r} is not a text encoding")
     return 0
 
