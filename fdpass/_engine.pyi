@@ -11,6 +11,7 @@ BATCH_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
 CLOSERS: int
+FORK_GRACE: float
 
 def discard(f: int | socket.socket, *, own: bool = False) -> None: ...
 def discard_all(fds: list[int]) -> None: ...
