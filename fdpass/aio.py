@@ -734,10 +734,11 @@ class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
             try:
                 got = await _within(timeout, _run_handoff(conversation, channel, watch))
             except BaseException as error:
-                self.item_failed(error)
-                raise
-            finally:
                 watch.unwatch()
+                if self.item_failed(error):
+                    return
+                raise
+            watch.unwatch()
             item = self.item_done(got)
             if item is None:
                 return

@@ -425,10 +425,7 @@ def _move_steps(version: int, batch: Sequence[tuple[int, Item[Any], list[int]]],
             raise EOFError(f"the successor went away before it acknowledged item #{number}")
         _, kind, body, fds = got
         if kind != ACK or body != _ITEM_NUMBER.pack(number) or fds:
-            discard_all(fds)
-            raise ProtocolError(errno.EBADMSG, f"expected the ACK of item #{number}, got a "
-                                               f"{kind!r} frame ({len(body)} bytes, "
-                                               f"{len(fds)} descriptors)")
+            raise _unexpected(f"the ACK of item #{number}", got)
         yield _Send(_frame(COMMIT, body, version))
         taken.append(number)
 
@@ -462,11 +459,18 @@ def _item_steps(version: int, pending: list[_Pending],
             pending.append(_parse_item(got, number + len(pending)))
             continue
         if kind != COMMIT or body != _ITEM_NUMBER.pack(number) or fds:
-            discard_all(fds)
-            raise ProtocolError(errno.EBADMSG, f"expected the COMMIT of item #{number}, got a "
-                                               f"{kind!r} frame ({len(body)} bytes, "
-                                               f"{len(fds)} descriptors)")
+            raise _unexpected(f"the COMMIT of item #{number}", got)
         return pending.pop(0)
+
+
+def _unexpected(expected: str, frame: _Frame) -> ProtocolError:
+    """The error for frame where expected should have come; its
+    descriptors closed."""
+    _, kind, body, fds = frame
+    error = ProtocolError(errno.EBADMSG, f"expected {expected}, got a {kind!r} frame "
+                                         f"({len(body)} bytes, {len(fds)} descriptors)")
+    discard_all(fds)
+    return error
 
 
 def _parse_item(frame: _Frame, number: int) -> _Pending:
@@ -479,9 +483,9 @@ def _parse_item(frame: _Frame, number: int) -> _Pending:
         if len(body) < _ITEM_HEAD.size or _ITEM_NUMBER.unpack_from(body)[0] != number:
             raise ProtocolError(errno.EBADMSG, f"an ITEM frame that is not item #{number}")
         name, offset = _name_at(body, _ITEM_NUMBER.size, "ITEM")
-        if not fds:
-            raise ProtocolError(errno.EBADMSG, f"item #{number} ({name!r}) came without "
-                                               "descriptors")
+        if not 1 <= len(fds) <= MAX_FDS:
+            raise ProtocolError(errno.EBADMSG, f"item #{number} ({name!r}) came with "
+                                               f"{len(fds)} descriptors")
         if len(body) - offset > MAX_STATE:
             raise ProtocolError(errno.EBADMSG, f"item #{number} ({name!r}) with "
                                                f"{len(body) - offset} bytes of state")
@@ -1102,14 +1106,17 @@ class _TakeoverState:
             discard_all(got.fds)
             raise
 
-    def item_failed(self, error: BaseException) -> None:
+    def item_failed(self, error: BaseException) -> bool:
         """A timeout while waiting for the old process leaves the next
-        items() to wait on; anything else ends the moves."""
+        items() to wait on; anything else ends the moves.  True when they
+        ended as at the end of the stream: the old process closed while an
+        acknowledgement was on its way (a reset), so items() just ends."""
         receiving = self._receiving
         if isinstance(error, TimeoutError) and receiving is not None and isinstance(
                 receiving.step, _Recv):
-            return
+            return False
         self.close()
+        return isinstance(error, ConnectionResetError)
 
     def __del__(self) -> None:
         """A takeover dropped after ready() without close() (code written
@@ -1197,7 +1204,8 @@ class Takeover(_TakeoverState, _Closes):
             try:
                 got = _run_blocking(conversation, channel, conn, _deadline(timeout))
             except BaseException as error:
-                self.item_failed(error)
+                if self.item_failed(error):
+                    return
                 raise
             item = self.item_done(got)
             if item is None:
