@@ -397,13 +397,14 @@ def test_a_bare_version_1_hello_is_served_as_version_1_and_nothing_moves(
             assert sock.recv(100) == b""  # a version-1 successor is let go after DONE
 
 
-@pytest.mark.parametrize(("versions", "spoken"), [((1, 2), 2), ((1, 9), 2), ((2, 2), 2)])
+@pytest.mark.parametrize(("versions", "spoken"), [((1, 2), 2), ((1, 9), 2), ((2, 2), 2),
+                                                   ((1, 1), 1)])
 def test_the_highest_common_version_is_spoken(path: str, listeners: Offered,
                                               versions: tuple[int, int], spoken: int) -> None:
     with handoff.Offer(path, listeners) as offer:
         waiting = Background(lambda: offer.wait(timeout=20))
         sock, version = raw_successor(
-            path, frame(b"H", struct.pack(">BB", *versions), version=versions[1]))
+            path, frame(b"H", struct.pack(">BB", *versions), version=max(versions[1], 2)))
         with sock:
             assert version == spoken
             waiting.result()
@@ -437,11 +438,12 @@ class Version1Offer:
         self._listener = socket.socket(socket.AF_UNIX)
         self._listener.bind(path)
         self._listener.listen()
+        self._listener.settimeout(10)
         self.hellos: list[bytes] = []
         self._done = Background(lambda: self._serve(sock))
 
     def _serve(self, sock: socket.socket) -> None:
-        while True:
+        for _ in range(2):  # the version-2 HELLO, then the bare one
             conn, _ = self._listener.accept()
             with conn:
                 conn.settimeout(10)
