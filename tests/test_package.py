@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import importlib.machinery
 import importlib.metadata
+import inspect
+import pickle
+import pydoc
 import re
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
 import fdpass
+import fdpass.aio
 from fdpass import _channel, _engine, _functional
 from support import run_python
 
@@ -35,6 +40,51 @@ def test_public_names() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+((a|b|rc)\d+)?(\.dev\d+)?", fdpass.__version__)
     for name in fdpass.__all__:
         assert hasattr(fdpass, name), name
+
+
+def test_the_constructor_shows_in_help_and_signature() -> None:
+    signature = "(sock, *, closefd=True, refuse_fds=False, passcred=False)"
+    assert str(inspect.signature(fdpass.FDChannel)) == signature
+    assert pydoc.render_doc(fdpass.FDChannel).count("FDChannel" + signature) == 1
+    assert (fdpass.FDChannel.__doc__ or "").startswith("Sends and receives open descriptors")
+
+
+def test_public_types_are_named_where_users_find_them() -> None:
+    for public in (fdpass.ProtocolError, fdpass.Credentials, fdpass.Sender):
+        assert public.__module__ == "fdpass"
+        assert getattr(fdpass, public.__name__) is public
+    assert repr(fdpass.ProtocolError) == "<class 'fdpass.ProtocolError'>"
+    error = fdpass.ProtocolError(74, "bad")
+    assert "".join(traceback.format_exception_only(type(error), error)) \
+        == "fdpass.ProtocolError: [Errno 74] bad\n"
+    assert pickle.loads(pickle.dumps(error)).args == error.args
+
+
+# Public by accident, without docstrings, in fdpass/handoff.py (which issue
+# 18 is changing): documented or made private there, then removed from here.
+UNDOCUMENTED_IN_HANDOFF = {"closed", "drop_peer", "listener", "peer", "conversation"}
+
+
+def test_every_public_member_has_a_docstring() -> None:
+    """The API reference is made from them: a member without one is a bare
+    name there (or, from Cython, the word "None")."""
+    bare = []
+    for module in (fdpass, fdpass.aio, fdpass.handoff, fdpass.systemd):
+        for name in module.__all__:
+            public = getattr(module, name)
+            if not inspect.isclass(public):
+                continue
+            for member in dir(public):
+                found = inspect.getattr_static(public, member)
+                owner = next(c for c in public.__mro__ if member in vars(c))
+                if member.startswith("_") or owner.__module__ == "builtins":
+                    continue
+                doc = (getattr(getattr(found, "__func__", found), "__doc__", None) or "").strip()
+                if doc in ("", "None"):
+                    if not (owner.__module__ == "fdpass.handoff"
+                            and member in UNDOCUMENTED_IN_HANDOFF):
+                        bare.append(f"{module.__name__}.{name}.{member}")
+    assert bare == []
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -102,37 +152,64 @@ sys.platform = "win32"
 try:
     import fdpass
 except ImportError as error:
-    print(error)
+    print(repr(error))
     print(sorted(name for name in sys.modules if name.startswith("fdpass")))
 else:
-    sys.exit("fdpass imported on win32")
+    sys.exit("fdpass imported on win32 without _winapi")
 """
 
 
-def test_import_on_windows_says_why_and_what_to_use_instead() -> None:
-    """The check comes first: nothing of fdpass, compiled or not, is loaded."""
+def test_import_on_windows_takes_the_windows_backend() -> None:
+    """On win32 fdpass loads fdpass._windows (which needs _winapi, so here it
+    fails, and Python drops the half-imported modules), and nothing
+    compiled, nor aio, handoff or systemd."""
     result = run_python("-c", WINDOWS_IMPORT)
     assert result.returncode == 0, result.stdout + result.stderr
     message, modules = result.stdout.splitlines()
-    assert "does not work on Windows" in message
-    assert "SCM_RIGHTS" in message and "AF_UNIX" in message
-    for advice in ("socket.socket.share(", "socket.fromshare(", "multiprocessing.reduction.DupHandle"):
-        assert advice in message, advice
-    assert modules == "[]"
+    assert "_winapi" in message, message
+    assert modules == "['fdpass._credentials', 'fdpass._errors']", modules
 
 
-def test_setup_py_on_windows_fails_before_cythonize(tmp_path: Path) -> None:
-    """setup.py, alone in an empty folder: with the check gone it would get
-    as far as cythonize (or the import of Cython) and fail without a word of why."""
+def test_posix_only_modules_refuse_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fdpass._platform import require_posix
+
+    require_posix("fdpass.aio")  # not Windows: nothing to say
+    monkeypatch.setattr(sys, "platform", "win32")
+    with pytest.raises(ImportError, match="fdpass.aio is POSIX only"):
+        require_posix("fdpass.aio")
+
+
+SETUP_ON_WINDOWS = """
+import sys, types
+sys.platform = "win32"
+sys.modules["Cython"] = None  # any import of Cython fails
+calls = []
+setuptools = types.ModuleType("setuptools")
+setuptools.setup = lambda **kwargs: calls.append(kwargs)
+setuptools.Extension = lambda *args, **kwargs: None
+command = types.ModuleType("setuptools.command")
+build_ext = types.ModuleType("setuptools.command.build_ext")
+build_ext.build_ext = type("build_ext", (), {})
+bdist_wheel = types.ModuleType("setuptools.command.bdist_wheel")
+bdist_wheel.bdist_wheel = type("bdist_wheel", (), {})
+sys.modules.update({"setuptools": setuptools, "setuptools.command": command,
+                    "setuptools.command.build_ext": build_ext,
+                    "setuptools.command.bdist_wheel": bdist_wheel})
+exec(compile(open("setup.py").read(), "setup.py", "exec"))
+[kwargs] = calls
+print(sorted(kwargs), sorted(kwargs["cmdclass"]))
+"""
+
+
+def test_setup_py_on_windows_needs_no_cython(tmp_path: Path) -> None:
+    """setup.py, alone in an empty folder, as on Windows with Cython
+    unimportable (setuptools stood in for): no extension, no Cython, and
+    its own bdist_wheel (the pure wheel tagged for Windows)."""
     setup_py = SOURCE_ROOT / "setup.py"
     if not setup_py.exists():
         pytest.skip(f"no setup.py beside the tests in {SOURCE_ROOT}")
     shutil.copy(setup_py, tmp_path)
-    code = ("import sys; sys.platform = 'win32'; sys.argv = ['setup.py', '--version']; "
-            "exec(compile(open('setup.py').read(), 'setup.py', 'exec'))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=60, cwd=tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert result.stderr.startswith("fdpass cannot be built on Windows"), result.stderr
-    for advice in ("socket.socket.share()", "multiprocessing.reduction.DupHandle"):
-        assert advice in result.stderr, advice
+    result = subprocess.run([sys.executable, "-c", SETUP_ON_WINDOWS], capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "['cmdclass'] ['bdist_wheel']", result.stdout
