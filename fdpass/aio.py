@@ -690,7 +690,7 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
         """As Offer.move, awaited.  Cancelled, it ends the moves: the items
         taken by then are closed here, the others kept."""
         timeout = _handoff._check_timeout(timeout)
-        with self.moving(items) as moving:
+        with self._moving(items) as moving:
             try:
                 await _within(timeout, self._move(moving))
             except TimeoutError as error:
@@ -708,6 +708,7 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
                 watch.unwatch()
 
     def finish(self) -> Credentials:
+        """As the blocking offer's, the successor's watch let go first."""
         if self._serving is not None:
             self._serving.unwatch()  # the successor's connection stays, for move()
             self._serving = None
@@ -741,17 +742,17 @@ class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
         finally:
             watch.unwatch()
             conversation.close()
-            self.was_ready(ok)
+            self._was_ready(ok)
 
     def items(self, timeout: float | None = None) -> AsyncIterator[_handoff.Item[int]]:
         """As Takeover.items: an async iterator."""
         timeout = _handoff._check_timeout(timeout)
-        self.check_items()
+        self._check_items()
         return self._items(timeout)
 
     async def _items(self, timeout: float | None) -> AsyncIterator[_handoff.Item[int]]:
         while True:
-            receiving = self.next_item()
+            receiving = self._next_item()
             if receiving is None:
                 return
             conn, channel, conversation = receiving
@@ -760,11 +761,11 @@ class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
                 got = await _within(timeout, _run_handoff(conversation, channel, watch))
             except BaseException as error:
                 watch.unwatch()
-                if self.item_failed(error):
+                if self._item_failed(error):
                     return
                 raise
             watch.unwatch()
-            item = self.item_done(got)
+            item = self._item_done(got)
             if item is None:
                 return
             yield item

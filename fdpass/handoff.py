@@ -360,8 +360,6 @@ class Item(Generic[_D]):
     objects; the successor's are ints, its own) and the application's
     bytes to resume it with (at most MAX_STATE)."""
 
-    __slots__ = ("name", "fds", "state")
-
     def __init__(self, name: str, fds: Sequence[_D], state: bytes = b"") -> None:
         _check_name(name)
         if isinstance(fds, (str, bytes)) or not isinstance(fds, Sequence):
@@ -852,7 +850,7 @@ class _OfferState:
         self._stop_listening()
         return who
 
-    def moving(self, items: Sequence[Item[Any]]) -> _Move:
+    def _moving(self, items: Sequence[Item[Any]]) -> _Move:
         """A move of items, checked before anything is touched."""
         if not self._waited or self._ended:
             raise ValueError("move() is for after wait() has returned, before close()")
@@ -868,15 +866,15 @@ class _OfferState:
             raise ValueError("a descriptor appears twice in the items moved")
         return _Move(self, list(items), numbers)
 
-    def mover(self) -> tuple[socket.socket, FDChannel, int, Credentials] | None:
+    def _moving_to(self) -> tuple[socket.socket, FDChannel, int, Credentials] | None:
         return self._mover
 
-    def number(self) -> int:
+    def _next_number(self) -> int:
         """The next item's number: the successor expects them in order."""
         self._numbered += 1
         return self._numbered - 1
 
-    def stop_moving(self) -> None:
+    def _stop_moving(self) -> None:
         """The successor gave up, broke the protocol or took too long: no
         more moves to it (a late acknowledgement is never read)."""
         mover, self._mover = self._mover, None
@@ -887,7 +885,7 @@ class _OfferState:
         """An offer dropped after wait() without close() (code written for
         version 1) ends its moves, as close() would."""
         if getattr(self, "_mover", None) is not None:
-            self.stop_moving()
+            self._stop_moving()
 
     def close(self) -> None:
         """Stop listening, remove the path if it is still ours, and end a
@@ -895,7 +893,7 @@ class _OfferState:
         the moves (its items() then ends).  A wait() in another thread
         wakes and raises ValueError."""
         self._ended = True
-        self.stop_moving()
+        self._stop_moving()
         self._stop_listening()
 
     def _stop_listening(self) -> None:
@@ -933,11 +931,11 @@ class _Move:
     def batches(self) -> Iterator[tuple[socket.socket, FDChannel, _Conversation]]:
         """Each batch's conversation, while the successor takes them."""
         for first in range(0, len(self._items), _BATCH_ITEMS):
-            mover = self._offer.mover()
+            mover = self._offer._moving_to()
             if mover is None:
                 return
             conn, channel, version, _ = mover
-            batch = [(self._offer.number(), item, fds) for item, fds in
+            batch = [(self._offer._next_number(), item, fds) for item, fds in
                      zip(self._items[first:first + _BATCH_ITEMS],
                          self._numbers[first:first + _BATCH_ITEMS])]
             self._sent.update((number, item) for number, item, _ in batch)
@@ -946,12 +944,12 @@ class _Move:
     def failed(self, error: Exception) -> None:
         """A batch ended early: what was not acknowledged is kept.  A
         successor that broke the protocol is listed in the offer's refused."""
-        mover = self._offer.mover()
+        mover = self._offer._moving_to()
         if not isinstance(error, (OSError, EOFError)) or mover is None:
             raise error
         if isinstance(error, ProtocolError):
             self._offer.refused.append((mover[3], str(error)))
-        self._offer.stop_moving()
+        self._offer._stop_moving()
 
     def moved(self) -> Moved:
         taken = [self._sent[number] for number in self._taken]
@@ -963,7 +961,7 @@ class _Move:
 
     def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
         if kind is not None:
-            self._offer.stop_moving()
+            self._offer._stop_moving()
         for number in self._taken:
             item = self._sent[number]
             for f in item.fds:
@@ -1040,7 +1038,7 @@ class Offer(_OfferState, _Closes):
         the moves: later ones keep everything.  ValueError before wait()
         has returned or after close(), with nothing touched."""
         deadline = _deadline(timeout)
-        with self.moving(items) as moving:
+        with self._moving(items) as moving:
             for conn, channel, conversation in moving.batches():
                 try:
                     _run_blocking(conversation, channel, conn, deadline)
@@ -1077,17 +1075,17 @@ class _TakeoverState:
             raise ValueError("the takeover is closed")
         return self._conn, self._channel, _Conversation(_ready_steps(self.version))
 
-    def was_ready(self, ok: bool) -> None:
+    def _was_ready(self, ok: bool) -> None:
         """ready() ended: with version 2 the connection stays, for items()."""
         self._readied = ok
         if not ok or self.version < 2:
             self.close()
 
-    def check_items(self) -> None:
+    def _check_items(self) -> None:
         if not self._readied:
             raise ValueError("items() is for after ready() has returned")
 
-    def next_item(self) -> tuple[socket.socket, FDChannel, _Conversation] | None:
+    def _next_item(self) -> tuple[socket.socket, FDChannel, _Conversation] | None:
         """The conversation for the next item, or None: no more to come."""
         if self._conn is None:
             return None
@@ -1096,7 +1094,7 @@ class _TakeoverState:
                 _item_steps(self.version, self._pending, self._number))
         return self._conn, self._channel, self._receiving
 
-    def item_done(self, got: _Pending | None) -> Item[int] | None:
+    def _item_done(self, got: _Pending | None) -> Item[int] | None:
         """The next item, the caller's now; None when the old process has
         closed (anything it sent after is its own, and closed here)."""
         self._receiving = None
@@ -1110,7 +1108,7 @@ class _TakeoverState:
             discard_all(got.fds)
             raise
 
-    def item_failed(self, error: BaseException) -> bool:
+    def _item_failed(self, error: BaseException) -> bool:
         """A timeout while waiting for the old process leaves the next
         items() to wait on; anything else ends the moves.  True when they
         ended as at the end of the stream: the old process closed while an
@@ -1186,7 +1184,7 @@ class Takeover(_TakeoverState, _Closes):
             ok = True
         finally:
             conversation.close()
-            self.was_ready(ok)
+            self._was_ready(ok)
 
     def items(self, timeout: float | None = None) -> Iterator[Item[int]]:
         """The items the old process moves, in order, each acknowledged as
@@ -1196,22 +1194,22 @@ class Takeover(_TakeoverState, _Closes):
         timeout seconds; ProtocolError for a malformed frame, with every
         received descriptor closed.  ValueError before ready()."""
         timeout = _check_timeout(timeout)
-        self.check_items()
+        self._check_items()
         return self._items(timeout)
 
     def _items(self, timeout: float | None) -> Iterator[Item[int]]:
         while True:
-            receiving = self.next_item()
+            receiving = self._next_item()
             if receiving is None:
                 return
             conn, channel, conversation = receiving
             try:
                 got = _run_blocking(conversation, channel, conn, _deadline(timeout))
             except BaseException as error:
-                if self.item_failed(error):
+                if self._item_failed(error):
                     return
                 raise
-            item = self.item_done(got)
+            item = self._item_done(got)
             if item is None:
                 return
             yield item
