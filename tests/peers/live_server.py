@@ -1,7 +1,7 @@
 """A generation of a small TCP server with long-lived connections, for
-tests/test_handoff_v2.py: each request is a line with a number, each answer
-"generation count number", count being the requests this connection had
-answered before (the state that moves with it).
+tests/test_handoff_v2.py: each request is a line, each answer "generation
+count", count being the requests this connection had answered before (the
+state that moves with it), as the demo's (fdpass._demo_handoff) answer.
 
     live_server.py PATH GENERATION [DIE_AFTER]
 
@@ -15,7 +15,6 @@ closes.  Its last line is "exit" and the descriptors it left open."""
 
 from __future__ import annotations
 
-import json
 import os
 import selectors
 import signal
@@ -23,53 +22,34 @@ import socket
 import sys
 
 from fdpass import handoff, wait_for_discards
+from fdpass._demo_handoff import LiveState, answer_live
 
 STDIN = 0
 
 
-class Connection:
-    def __init__(self, sock: socket.socket, count: int = 0, buffer: bytes = b"") -> None:
-        sock.setblocking(False)
-        self.sock = sock
-        self.count = count
-        self.buffer = buffer
-
-    def serve(self, generation: int) -> bool:
-        """Answer every whole request received; False at the end of the stream."""
-        try:
-            data = self.sock.recv(65536)
-        except BlockingIOError:
-            return True
-        if not data:
-            return False
-        self.buffer += data
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            self.sock.sendall(b"%d %d %s\n" % (generation, self.count, line))
-            self.count += 1
-        return True
-
-    def item(self) -> handoff.Item[socket.socket]:
-        state = json.dumps({"count": self.count, "buffer": self.buffer.decode()})
-        return handoff.Item("conn", [self.sock], state.encode())
+Connections = dict[socket.socket, LiveState]
 
 
 def print_line(*words: object) -> None:
     print(*words, flush=True)
 
 
-def take_over(path: str, die_after: int) -> tuple[socket.socket, list[Connection]]:
+def take_over(path: str, die_after: int) -> tuple[socket.socket, Connections]:
     with handoff.take(path, timeout=10) as takeover:
         listener = takeover.sockets["tcp"]
         takeover.ready()
-        connections = []
+        connections = {}
         for item in takeover.items(timeout=10):
-            state = json.loads(item.state)
-            connections.append(Connection(socket.socket(fileno=item.fds[0]), state["count"],
-                                          state["buffer"].encode()))
+            connections[socket.socket(fileno=item.fds[0])] = LiveState.load(item.state)
             if len(connections) == die_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # the next items came, unacknowledged
     return listener, connections
+
+
+def watch(selector: selectors.BaseSelector, connections: Connections) -> None:
+    for conn in connections:
+        conn.setblocking(False)
+        selector.register(conn, selectors.EVENT_READ, conn)
 
 
 def open_fds() -> set[str]:
@@ -82,7 +62,7 @@ def main() -> None:
     die_after = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if generation == 0:
         listener = socket.create_server(("127.0.0.1", 0))
-        connections: list[Connection] = []
+        connections: Connections = {}
         print_line("port", listener.getsockname()[1])
     else:
         listener, connections = take_over(path, die_after)
@@ -91,8 +71,7 @@ def main() -> None:
     selector = selectors.DefaultSelector()
     selector.register(STDIN, selectors.EVENT_READ)
     selector.register(listener, selectors.EVENT_READ)
-    for connection in connections:
-        selector.register(connection.sock, selectors.EVENT_READ, connection)
+    watch(selector, connections)
     offer = handoff.Offer(path, {"tcp": listener})
     stopping = False
     while not stopping:
@@ -101,34 +80,35 @@ def main() -> None:
                 stopping = not os.read(STDIN, 100)
             elif key.fileobj is listener:
                 try:
-                    connections.append(Connection(listener.accept()[0]))
+                    conn, _ = listener.accept()
                 except BlockingIOError:
                     continue
-                selector.register(connections[-1].sock, selectors.EVENT_READ, connections[-1])
-            elif not key.data.serve(generation):
-                selector.unregister(key.fileobj)
-                key.data.sock.close()
-                connections.remove(key.data)
+                connections[conn] = LiveState()
+                watch(selector, {conn: connections[conn]})
+            elif not answer_live(key.data, connections[key.data], generation):
+                selector.unregister(key.data)
+                del connections[key.data]
+                key.data.close()
         try:
             offer.wait(timeout=0)
         except TimeoutError:
             continue
-        for connection in connections:
-            selector.unregister(connection.sock)
-        moved = offer.move([connection.item() for connection in connections], timeout=10)
+        for conn in connections:
+            selector.unregister(conn)
+        moved = offer.move([handoff.Item("conn", [conn], state.dump())
+                            for conn, state in connections.items()], timeout=10)
         offer.close()
         print_line("moved", len(moved.taken), len(moved.kept))
-        connections = [c for c in connections if c.sock.fileno() >= 0]  # the kept
+        connections = {c: s for c, s in connections.items() if c.fileno() >= 0}  # the kept
         if not connections:
             break
-        for connection in connections:
-            selector.register(connection.sock, selectors.EVENT_READ, connection)
+        watch(selector, connections)
         offer = handoff.Offer(path, {"tcp": listener})  # serve on, and offer again
     selector.close()
     offer.close()
     listener.close()
-    for connection in connections:
-        connection.sock.close()
+    for conn in connections:
+        conn.close()
     wait_for_discards(10)
     print_line("exit", sorted(int(fd) for fd in open_fds() - before))
 
