@@ -879,6 +879,7 @@ class _OfferState:
         more moves to it (a late acknowledgement is never read)."""
         mover, self._mover = self._mover, None
         if mover is not None:
+            _shut(mover[0])  # a move waiting in another thread wakes
             _hang_up(mover[1], mover[0])
 
     def __del__(self) -> None:
@@ -945,7 +946,9 @@ class _Move:
         """A batch ended early: what was not acknowledged is kept.  A
         successor that broke the protocol is listed in the offer's refused."""
         mover = self._offer._moving_to()
-        if not isinstance(error, (OSError, EOFError)) or mover is None:
+        if mover is None:
+            return  # close() from another thread ended the moves: the rest is kept
+        if not isinstance(error, (OSError, EOFError)):
             raise error
         if isinstance(error, ProtocolError):
             self._offer.refused.append((mover[3], str(error)))
@@ -1139,6 +1142,7 @@ class _TakeoverState:
         self._pending.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
+            _shut(conn)  # an items() waiting in another thread wakes
             _hang_up(self._channel, conn)
 
     def __repr__(self) -> str:

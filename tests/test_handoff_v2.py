@@ -263,6 +263,21 @@ def test_a_timed_out_move_keeps_everything_and_a_late_ack_never_counts(
         assert offer.move(items, timeout=20) == ([], items)  # the moves have ended
 
 
+def test_close_from_another_thread_ends_a_move_keeping_the_rest(
+        path: str, listeners: Offered) -> None:
+    offer, takeover = handed_over(path, listeners)
+    a, a_peer = socket.socketpair()
+    with offer, takeover, a, a_peer:
+        items = [Item("a", [a])]
+        moving = Background(lambda: offer.move(items, timeout=20))
+        time.sleep(0.2)  # the ITEM is sent; its ACK never comes
+        closed = time.monotonic()
+        offer.close()
+        assert moving.result() == ([], items)
+        assert time.monotonic() - closed < 5  # woken, not timed out
+        assert a.fileno() >= 0
+
+
 def test_move_before_wait_or_after_close_touches_nothing(
         path: str, listeners: Offered) -> None:
     a, a_peer = socket.socketpair()
