@@ -374,7 +374,7 @@ class Item(Generic[_D]):
         if len(state) > MAX_STATE:
             raise ValueError(f"an item's state is at most {MAX_STATE} bytes, not {len(state)}")
         self.name = name
-        self.fds: list[_D] = list(fds)
+        self.fds = list(fds)
         self.state = state
 
     def __repr__(self) -> str:
