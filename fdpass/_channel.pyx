@@ -15,7 +15,7 @@ from posix.unistd cimport close
 
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, discard_fds,
+    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, defuse_queue, discard_fds,
     discard_received, raise_os_error, raise_recv_status, raise_send_error, recv_message_into,
     send_message, unix_socket_type,
 )
@@ -297,13 +297,20 @@ Sends and receives open descriptors over an AF_UNIX socket
         return 0
 
     cdef int _release(self) except -1:
-        """Close what the channel wraps, as closefd says."""
+        """Close what the channel wraps, as closefd says.  The descriptors in
+        flight in its queue, a peer's doing, close with it: they are defused
+        first, so that no lingering socket among them makes this close wait."""
         cdef int fd = self._held, rc
+        if not self._closefd:
+            self._held = -1
+            self._owner = None
+            return 0
+        if self._kind == OWNER_NUMBER or self._owns(fd):
+            with nogil:
+                defuse_queue(fd)
         owner = self._owner
         self._held = -1
         self._owner = None
-        if not self._closefd:
-            return 0
         close_method = None if self._kind == OWNER_NUMBER else getattr(owner, "close", None)
         if close_method is not None:
             close_method()
