@@ -377,10 +377,10 @@ SUCCESSORS = {
     "garbage-with-descriptors": Successor(
         lambda conn, held, fd: attach_lingering(conn, held, b"GET / HTTP/1.0\r\n\r\n", [fd]),
         "does not speak fdpass handoff"),
-    "version-2-with-descriptors": Successor(
-        lambda conn, held, fd: attach_lingering(conn, held, raw_header(b"H", 0, version=2),
+    "version-3-with-descriptors": Successor(
+        lambda conn, held, fd: attach_lingering(conn, held, raw_header(b"H", 0, version=3),
                                                 [fd]),
-        "version 2"),
+        "expected a HELLO with a version range"),
     "ready-with-descriptors": Successor(
         lambda conn, held, fd: conn.sendall(raw_header(b"H", 0)), "expected READY",
         then=ready_with),
@@ -487,8 +487,8 @@ def frame_with(data: bytes) -> Callable[[socket.socket, Lingering, int], None]:
 OFFERS = {
     "garbage": HostileOffer(frame_with(b"HTTP/1.1 400 Bad Request\r\n\r\n"), ProtocolError,
                             "does not speak fdpass handoff"),
-    "version-2": HostileOffer(frame_with(raw_frame(b"S", names_body(1, 0, "a"), version=2)),
-                              ProtocolError, "version 2"),
+    "version-3": HostileOffer(frame_with(raw_frame(b"S", names_body(1, 0, "a"), version=3)),
+                              ProtocolError, "version 3"),
     "count": HostileOffer(frame_with(raw_frame(b"S", names_body(1, 0, "a"))), ProtocolError,
                           "1 names and 2 descriptors"),
     "bad-name": HostileOffer(frame_with(raw_frame(b"S", names_body(2, 0) + b"\x00\x01\xff")),
