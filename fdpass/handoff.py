@@ -772,9 +772,12 @@ class _OfferState:
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called, or a successor took over."""
         return self._listener is None
 
     def listener(self) -> socket.socket:
+        """The offer's listening socket (the drivers wait on it); ValueError
+        once closed."""
         if self._listener is None:
             raise ValueError("the offer is closed")
         return self._listener
@@ -808,6 +811,8 @@ class _OfferState:
         self._peer = (conn, channel, _Conversation(_offer_steps(offered)), who)
 
     def peer(self) -> tuple[socket.socket, FDChannel, _Conversation, Credentials] | None:
+        """The successor being served, with its channel, conversation and
+        credentials; None between successors."""
         return self._peer
 
     def step_failed(self, error: BaseException) -> bool:
@@ -827,6 +832,8 @@ class _OfferState:
         return isinstance(error, (EOFError, ConnectionError))
 
     def drop_peer(self) -> None:
+        """Hang up on the successor being served, if any; the offer waits for
+        the next one, having lost nothing."""
         if self._peer is not None:
             conn, channel, conversation, _ = self._peer
             self._peer = None
@@ -1074,6 +1081,8 @@ class _TakeoverState:
         self._number = 0
 
     def conversation(self) -> tuple[socket.socket, FDChannel, _Conversation]:
+        """The connection, its channel and the steps of ready() (the drivers
+        run them); ValueError once closed."""
         if self._conn is None:
             raise ValueError("the takeover is closed")
         return self._conn, self._channel, _Conversation(_ready_steps(self.version))
