@@ -8,7 +8,9 @@ a receive during which the kernel discards (the process at RLIMIT_NOFILE),
 fdpass.aio's receives, converters and closes (on asyncio's loop and
 uvloop), and both sides of the handoff in both forms (a hostile successor
 against Offer.wait and AsyncOffer.wait, a hostile offer against take and
-aio.take).  fdpass.systemd receives nothing (see the last test).
+aio.take), and the moves of protocol version 2 in both forms (a hostile
+old process against items(), a hostile successor against move()).
+fdpass.systemd receives nothing (see the last test).
 
 In each, the room raises the contract's error at once, no other thread
 (support.Ticker) and no event loop (support.LoopTicker) stops for more
@@ -35,9 +37,12 @@ import fdpass
 from fdpass import FDChannel, ProtocolError, aio, handoff, systemd
 from fdpass._channel import REFUSAL_ENV
 from fdpass.aio import AsyncFDChannel
+from fdpass.handoff import MAX_STATE, Item
 from support import Lingering, LoopTicker, Ticker, attach_lingering, raw_send
 from test_aio import Runner, libuv_started, run  # noqa: F401  (fixtures)
-from test_handoff import FakeOffer, names_body, raw_frame, raw_header
+from test_handoff import Background, FakeOffer, names_body, raw_frame, raw_header
+from test_handoff_v2 import (
+    frame, handshake, item_body, number, raw_successor, read_frame, send_item)
 
 #: The longest any thread or loop may stop, and any room's call may take.
 STALL = 0.5
@@ -579,6 +584,191 @@ def test_a_done_frame_with_a_lingering_socket_stalls_no_async_ready(
     finally:
         fake.close()
     assert_refused_at_once(held)
+
+
+# -- handoff version 2: a hostile old process against items() ------------------
+
+def too_many_descriptors(conn: socket.socket, held: Lingering, fd: int) -> None:
+    """An ITEM with MAX_FDS descriptors, and the lingering socket one more."""
+    data = frame(b"I", item_body(0))
+    raw_send(conn, data[:5], [fd] * fdpass.MAX_FDS)
+    attach_lingering(conn, held, data[5:], [])
+
+
+def too_much_state(conn: socket.socket, held: Lingering, fd: int) -> None:
+    """An ITEM with a byte of state too many (the body sent after the
+    descriptors: one sendmsg may not take it all)."""
+    data = frame(b"I", item_body(0, state=b"s" * (MAX_STATE + 1)))
+    attach_lingering(conn, held, data[:1], [fd])
+    conn.sendall(data[1:])
+
+
+def acked_then_with(then: bytes) -> Callable[[socket.socket, Lingering, int], None]:
+    """Send item #0; after its ACK, then with the pipe and the lingering socket."""
+    def script(conn: socket.socket, held: Lingering, fd: int) -> None:
+        send_item(conn, item_body(0))
+        assert read_frame(conn)[1:] == (b"A", number(0), [])
+        attach_lingering(conn, held, then, [fd])
+    return script
+
+
+OLD_PROCESSES = {
+    "bad-name": HostileOffer(frame_with(frame(b"I", item_body(0, name=b"\xff"))),
+                             ProtocolError, "bad name"),
+    "other-number": HostileOffer(frame_with(frame(b"I", item_body(5))), ProtocolError,
+                                 "not item #0"),
+    "too-much-state": HostileOffer(too_much_state, ProtocolError,
+                                   f"{MAX_STATE + 1} bytes of state"),
+    "too-many-descriptors": HostileOffer(too_many_descriptors, ProtocolError,
+                                         f"came with {fdpass.MAX_FDS + 1} descriptors"),
+    "commit-with-descriptors": HostileOffer(acked_then_with(frame(b"C", number(0))),
+                                            ProtocolError, "expected the COMMIT of item #0"),
+    "done-with-descriptors": HostileOffer(acked_then_with(frame(b"D")), ProtocolError,
+                                          "expected the COMMIT of item #0"),
+    "next-item-out-of-order": HostileOffer(acked_then_with(frame(b"I", item_body(5))),
+                                           ProtocolError, "not item #1"),
+}
+
+
+@pytest.fixture(params=sorted(OLD_PROCESSES))
+def old_process(request: pytest.FixtureRequest, path: str, pipe: tuple[int, int],
+                lingering: Make) -> Iterator[tuple[HostileOffer, Lingering]]:
+    """A version-2 offer by hand at path that hands over one socket, then
+    speaks one of OLD_PROCESSES where the successor asks for items."""
+    old, held = OLD_PROCESSES[request.param], lingering()
+    fake = FakeOffer(path, handshake(lambda conn: old.script(conn, held, pipe[0])))
+    try:
+        yield old, held
+    finally:
+        fake.close()
+
+
+def test_a_hostile_old_process_stalls_no_blocking_items(
+        path: str, old_process: tuple[HostileOffer, Lingering]) -> None:
+    old, held = old_process
+    with handoff.take(path, timeout=5) as takeover:
+        for sock in takeover.sockets.values():
+            sock.close()
+        takeover.ready()
+        with Timed(), pytest.raises(old.error, match=old.match):
+            next(takeover.items(timeout=5))
+    assert_refused_at_once(held)
+
+
+def test_a_hostile_old_process_stalls_no_async_items(
+        run: Runner, path: str, old_process: tuple[HostileOffer, Lingering]) -> None:
+    old, held = old_process
+
+    async def main() -> None:
+        async with await aio.take(path, timeout=5) as takeover:
+            for sock in takeover.sockets.values():
+                sock.close()
+            await takeover.ready()
+            with Timed(), pytest.raises(old.error, match=old.match):
+                await takeover.items(timeout=5).__anext__()
+
+    on_the_loop(run, main)
+    assert_refused_at_once(held)
+
+
+# -- handoff version 2: a hostile successor against move() ---------------------
+
+class Acks(NamedTuple):
+    """A successor's answer to two ITEMs, the items it took, and the refusal."""
+    answer: Callable[[socket.socket, Lingering, int], None]
+    taken: int
+    refused: str
+
+
+def ack_then_with(conn: socket.socket, held: Lingering, fd: int) -> None:
+    """Acknowledge item #0 as it should be; item #1's ACK with descriptors."""
+    conn.sendall(frame(b"A", number(0)))
+    attach_lingering(conn, held, frame(b"A", number(1)), [fd])
+
+
+SUCCESSORS_V2 = {
+    "ack-with-descriptors": Acks(frame_with(frame(b"A", number(0))), 0, "2 descriptors"),
+    "second-ack-with-descriptors": Acks(ack_then_with, 1, "2 descriptors"),
+    "unknown-item": Acks(frame_with(frame(b"A", number(7))), 0, "expected the ACK of item #0"),
+    "short-ack": Acks(frame_with(frame(b"A", b"\x00")), 0, "expected the ACK of item #0"),
+    "garbage": Acks(frame_with(b"GET / HTTP/1.0\r\n\r\n"), 0, "does not speak"),
+}
+
+
+def answer_items(conn: socket.socket, acks: Acks, held: Lingering, fd: int) -> None:
+    """As the successor: take the two ITEMs (closing their descriptors),
+    then answer."""
+    for n in (0, 1):
+        _, kind, body, fds = read_frame(conn)
+        for got in fds:
+            os.close(got)
+        assert (kind, body[:4]) == (b"I", number(n))
+    acks.answer(conn, held, fd)
+
+
+@pytest.fixture
+def two_items() -> Iterator[list[Item[socket.socket]]]:
+    """Two items of a socket each, for move(); their peers and the copies
+    kept are closed at the end."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        yield [Item(name, [mine]) for name, (mine, _) in zip("ab", pairs)]
+    finally:
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
+def check_moved(offer: handoff.Offer | aio.AsyncOffer, moved: handoff.Moved,
+                items: list[Item[socket.socket]], acks: Acks, held: Lingering) -> None:
+    """What was acknowledged was taken (closed here), the rest kept (open)."""
+    assert moved == (items[:acks.taken], items[acks.taken:])
+    assert [item.fds[0].fileno() == -1 for item in items] == \
+        [n < acks.taken for n in range(len(items))]
+    assert acks.refused in offer.refused[-1][1], offer.refused
+    assert_refused_at_once(held)
+
+
+HELLO_V2 = frame(b"H", b"\x01\x02")
+
+
+@pytest.mark.parametrize("name", sorted(SUCCESSORS_V2))
+def test_a_hostile_successor_stalls_no_blocking_move(
+        path: str, listeners: Offered, pipe: tuple[int, int], lingering: Make,
+        two_items: list[Item[socket.socket]], name: str) -> None:
+    acks, held = SUCCESSORS_V2[name], lingering()
+    with handoff.Offer(path, listeners) as offer:
+        waiting = Background(lambda: offer.wait(timeout=20))
+        conn, _ = raw_successor(path, HELLO_V2)
+        with conn:
+            waiting.result()
+            answering = Background(lambda: answer_items(conn, acks, held, pipe[0]))
+            with Timed():
+                moved = offer.move(two_items, timeout=5)
+            answering.result()
+        check_moved(offer, moved, two_items, acks, held)
+
+
+@pytest.mark.parametrize("name", sorted(SUCCESSORS_V2))
+def test_a_hostile_successor_stalls_no_async_move(
+        run: Runner, path: str, listeners: Offered, pipe: tuple[int, int], lingering: Make,
+        two_items: list[Item[socket.socket]], name: str) -> None:
+    acks, held = SUCCESSORS_V2[name], lingering()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        async with aio.AsyncOffer(path, listeners) as offer:
+            waiting = asyncio.ensure_future(offer.wait(timeout=20))
+            conn, _ = await loop.run_in_executor(None, raw_successor, path, HELLO_V2)
+            with conn:
+                await waiting
+                answering = loop.run_in_executor(None, answer_items, conn, acks, held, pipe[0])
+                with Timed():
+                    moved = await offer.move(two_items, timeout=5)
+                await answering
+            check_moved(offer, moved, two_items, acks, held)
+
+    on_the_loop(run, main)
 
 
 # -- fdpass.systemd -----------------------------------------------------------
