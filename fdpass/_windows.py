@@ -777,7 +777,7 @@ class FDChannel:
                 os.close(fd)
             raise
         raw = getattr(f, "buffer", f)
-        getattr(raw, "raw", raw).name = fd  # as open(fd) names it
+        setattr(getattr(raw, "raw", raw), "name", fd)  # as open(fd) names it
         return f
 
     def recv_socket(self) -> socket.socket:
