@@ -53,6 +53,8 @@ CONNECT_TIMEOUT = 5.0
 ANSWER_TIMEOUT = 5.0
 #: Seconds any one step of a restart may take before the row fails.
 STEP_TIMEOUT = 20.0
+#: The most connections the load opens in one row, whatever the time.
+MAX_CONNECTIONS = 2_000_000
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class Tally:
     unanswered: int = 0         # a request sent and never answered
     timeouts: int = 0           # of the unanswered: no answer within the timeout
     other_errors: Counter[str] = field(default_factory=Counter)
+    connections: int = 0        # attempted
 
 
 class Load:
@@ -129,6 +132,9 @@ class Load:
         await asyncio.gather(*clients)
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        self.tally.connections += 1
+        if self.tally.connections > MAX_CONNECTIONS:
+            raise RuntimeError(f"more than {MAX_CONNECTIONS} connections in one row")
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection("127.0.0.1", self.port), CONNECT_TIMEOUT)
@@ -361,6 +367,17 @@ def _reap_orphans() -> None:
             return
         if pid == 0:
             return
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM, or the death of the process that ran this bench in its
+    namespace, ends the run through its cleanups: no server outlives it."""
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    if os.environ.get(NETNS_VARIABLE) == "1" and sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 def _subreaper() -> None:
@@ -915,6 +932,7 @@ def run(quick: bool = False, json_path: str | None = None,
     status = in_own_namespace(argv)
     if status is not None:
         return status
+    _stop_on_sigterm()
     from fdpass._bench import machine  # the same facts as the other bench
 
     plan = QUICK if quick else FULL

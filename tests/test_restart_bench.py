@@ -9,6 +9,7 @@ reset, end and answer on purpose."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import struct
@@ -86,6 +87,9 @@ def test_every_row_is_measured_or_names_what_is_missing(
     for row in document["rows"]:
         if row["key"] == "fdpass-move" and not hasattr(handoff, "Item"):
             assert "version 2" in row["reason"]
+            continue
+        if row["key"].startswith("reuseport") and os.geteuid() != 0 and not row["measured"]:
+            assert "run it as root" in row["reason"], row  # the other one is measured
             continue
         # CI installs every program (tests/run.py): a row not measured there fails.
         assert row["measured"], row
