@@ -322,14 +322,19 @@ class Processes:
                 return pid
             self.notes.append(line)
 
-    def watch(self, pid: int) -> ExitWatch:
+    def serving(self, pid: int) -> int:
+        """pid serves now: it is ended with the row, whoever started it."""
         self.pids.add(pid)
+        return pid
+
+    def watch(self, pid: int) -> ExitWatch:
         return ExitWatch(pid, reap=all(child.pid != pid for child in self.children))
 
     def close(self) -> None:
-        """End every process of the row: politely, then not."""
+        """End every process of the row and their children (nginx's
+        workers): politely, then not."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [pid for pid in self.pids if _alive(pid)]
+            alive = [pid for pid in _with_descendants(self.pids) if _alive(pid)]
             for pid in alive:
                 try:
                     os.kill(pid, sig)
@@ -356,6 +361,27 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
+
+
+def _with_descendants(pids: set[int]) -> set[int]:
+    found = set(pids)
+    todo = list(pids)
+    while todo:
+        pid = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children") as children:
+                    for child in map(int, children.read().split()):
+                        if child not in found:
+                            found.add(child)
+                            todo.append(child)
+            except FileNotFoundError:
+                pass
+    return found
 
 
 def _reap_orphans() -> None:
@@ -825,7 +851,7 @@ def measure(mechanism: Mechanism, plan: Plan, setting: Setting, out: IO[str]) ->
         stack.callback(mechanism.finish, setting)
         tag_file = workdir / "tag"
         tag_file.write_text("g0\n")
-        serving = mechanism.start(procs, tag_file)
+        serving = procs.serving(mechanism.start(procs, tag_file))
         if probe(procs.port) != "g0":
             raise RuntimeError("generation 0 does not answer as g0")
         load = Load(procs.port, plan)
@@ -838,7 +864,8 @@ def measure(mechanism: Mechanism, plan: Plan, setting: Setting, out: IO[str]) ->
             tag_file.write_text(tag + "\n")
             watch = procs.watch(serving)
             started = time.monotonic()
-            serving = mechanism.restart(procs, tag_file, generation, serving, load)
+            serving = procs.serving(mechanism.restart(procs, tag_file, generation, serving,
+                                                      load))
             wait_for(lambda: load.answered_since(tag) is not None,
                      f"generation {generation} answered nothing")
             exited = watch.wait(STEP_TIMEOUT)

@@ -48,7 +48,22 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory,
                       env={"XDG_CACHE_HOME": cache})
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
+    assert left_running() == [], "the bench left its servers running"
     return done.stdout, json.loads(path.read_text()), seconds
+
+
+def left_running() -> list[str]:
+    """The command lines of running processes that belong to a bench run
+    (each names a file in the run's fdpass-restart-* directory)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # not a process, or gone
+            continue
+        if b"/fdpass-restart-" in command:
+            found.append(command.replace(b"\0", b" ").decode(errors="replace"))
+    return found
 
 
 def rows_by_key(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
