@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                             "convert-file or convert-socket")
     bench.add_argument("--mechanism", action="append", default=[], metavar="NAME",
                        help="restart: measure only this mechanism (may be repeated)")
+    bench.add_argument("--plot", metavar="PATH",
+                       help="restart: draw the latency over time to PATH (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "bench" and args.which == "restart":
         from fdpass import _restart_bench
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown mechanism {unknown[0]!r}: choose from {', '.join(keys)}")
         if args.workload:
             parser.error("--workload is for the descriptor bench, not restart")
-        return _restart_bench.run(args.quick, args.json, args.mechanism)
+        return _restart_bench.run(args.quick, args.json, args.mechanism, args.plot)
     if args.command == "bench":
-        if args.mechanism:
-            parser.error("--mechanism is for 'bench restart'")
+        if args.mechanism or args.plot:
+            parser.error("--mechanism and --plot are for 'bench restart'")
         from fdpass import _bench  # its imports would slow every other command
 
         names = [w.name for w in _bench.WORKLOADS]

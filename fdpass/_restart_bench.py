@@ -20,6 +20,7 @@ import asyncio
 import ctypes
 import fcntl
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -107,6 +108,7 @@ class Load:
         self._failed: BaseException | None = None
 
     def start(self) -> None:
+        self.started = time.monotonic()
         self._thread.start()
 
     def stop(self) -> None:
@@ -902,7 +904,54 @@ def row_of(mechanism: Mechanism, load: Load, restarts: list[Restart],
                 "p99_ms_overall": _ms(percentile([s for _, s in load.samples], 0.99)),
                 "old_lived_ms": [round(r.old_lived * 1000, 1) for r in restarts],
                 "window_ms": [round((r.window_end - r.started) * 1000, 1) for r in restarts],
-                "server_notes": [note for note in notes if note]})
+                "server_notes": [note for note in notes if note],
+                "restarts_at_s": [round(r.started - load.started, 3) for r in restarts],
+                "latency_timeline": timeline(load)})
+
+
+#: The width of a time step in the latency timeline, in seconds.
+TIMELINE_STEP = 0.1
+
+
+def timeline(load: Load) -> list[list[float]]:
+    """[seconds since the load started, p99 ms of the requests started in
+    that step] for every step in which requests were answered."""
+    steps: dict[int, list[float]] = {}
+    for started, seconds in load.samples:
+        steps.setdefault(int((started - load.started) / TIMELINE_STEP), []).append(seconds)
+    return [[round(step * TIMELINE_STEP, 1), round((percentile(values, 0.99) or 0) * 1000, 2)]
+            for step, values in sorted(steps.items())]
+
+
+def plot(rows: Sequence[Row], path: str) -> str:
+    """Draw each measured row's latency timeline into path (matplotlib, if
+    installed: never needed otherwise); what was done, in words."""
+    try:
+        pyplot: Any = importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        return "no plot: matplotlib is not installed (pip install matplotlib)"
+    figure, axes = pyplot.subplots(figsize=(11, 5.5))
+    for row in rows:
+        if row.measured:
+            points = row.detail["latency_timeline"]
+            axes.plot([t for t, _ in points], [ms for _, ms in points], label=row.mechanism,
+                      linewidth=1)
+    for at in _restart_times(rows):
+        axes.axvline(at, color="grey", linestyle=":", linewidth=1)
+    axes.set_yscale("log")
+    axes.set_xlabel("seconds since the load started (dotted: the restarts, on average)")
+    axes.set_ylabel(f"p99 latency per {TIMELINE_STEP * 1000:.0f} ms, ms")
+    axes.set_title("python -m fdpass bench restart: latency through the restarts")
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+    return f"plot: {path}"
+
+
+def _restart_times(rows: Sequence[Row]) -> list[float]:
+    measured = [row.detail["restarts_at_s"] for row in rows if row.measured]
+    return [sum(times) / len(times) for times in zip(*measured)] if measured else []
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -953,9 +1002,10 @@ def in_own_namespace(argv: Sequence[str]) -> int | None:
 
 
 def run(quick: bool = False, json_path: str | None = None,
-        only: Sequence[str] = ()) -> int:
+        only: Sequence[str] = (), plot_path: str | None = None) -> int:
     argv = [*(["--quick"] if quick else []), *(["--json", json_path] if json_path else []),
-            *[arg for key in only for arg in ("--mechanism", key)]]
+            *[arg for key in only for arg in ("--mechanism", key)],
+            *(["--plot", plot_path] if plot_path else [])]
     status = in_own_namespace(argv)
     if status is not None:
         return status
@@ -993,6 +1043,8 @@ def run(quick: bool = False, json_path: str | None = None,
           "requests sent and never answered; p99: of the requests started during the "
           "restarts; old lived: the longest an old process ran on after its successor "
           "first answered")
+    if plot_path:
+        print(plot(rows, plot_path))
     if json_path:
         document = {"machine": info, "quick": quick, "plan": asdict(plan),
                     "own_network_namespace": setting.own_netns,

@@ -8,6 +8,7 @@ reset, end and answer on purpose."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -45,7 +46,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory,
     path = tmp_path_factory.mktemp("restart") / "restart.json"
     started = time.monotonic()
     done = run_python("-m", "fdpass", "bench", "restart", "--quick", "--json", str(path),
-                      env={"XDG_CACHE_HOME": cache})
+                      "--plot", str(path.with_suffix(".png")), env={"XDG_CACHE_HOME": cache})
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stdout + done.stderr
     assert left_running() == [], "the bench left its servers running"
@@ -94,6 +95,23 @@ def test_one_table_one_row_per_mechanism(quick_run: tuple[str, dict[str, Any], f
                 row["refused"], row["reset_or_ended"], row["unanswered"])
             assert row["restarts"] == _restart_bench.QUICK.restarts
             assert row["answered"] > 0
+
+
+def test_the_plot_is_drawn_where_matplotlib_is(
+        quick_run: tuple[str, dict[str, Any], float]) -> None:
+    out, document, _ = quick_run
+    drawn = [line for line in out.splitlines() if line.startswith(("plot: ", "no plot: "))]
+    assert len(drawn) == 1, out
+    if importlib.util.find_spec("matplotlib") is None:
+        assert drawn[0] == "no plot: matplotlib is not installed (pip install matplotlib)"
+    else:
+        assert drawn[0].startswith("plot: ") and drawn[0].endswith(".png")
+        assert Path(drawn[0][len("plot: "):]).read_bytes().startswith(b"\x89PNG")
+    for row in document["rows"]:
+        if row["measured"]:
+            times = [t for t, _ in row["detail"]["latency_timeline"]]
+            assert times == sorted(times) and len(times) > 5, row["key"]
+            assert len(row["detail"]["restarts_at_s"]) == row["restarts"]
 
 
 def test_every_row_is_measured_or_names_what_is_missing(
