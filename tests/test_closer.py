@@ -1,0 +1,149 @@
+"""The closer, the package's one discard path: a pool that grows only while
+closes block, never beyond fdpass._engine.CLOSERS threads, and is gone when
+nothing is being discarded."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import fdpass
+from fdpass._engine import CLOSERS, closer_state, discard
+from support import Lingering
+
+LINGER = 30  # seconds a blocked close would last: the tests end it sooner
+
+
+def threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.fixture
+def blocking() -> Iterator[Callable[[], Lingering]]:
+    """Makes sockets whose close blocks (the caller's own: the closer closes
+    them as set up); at the end their peers close, which ends each close."""
+    made: list[Lingering] = []
+
+    def make() -> Lingering:
+        made.append(Lingering(LINGER))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for held in made:
+            held.peer.close()  # a reset: the lingering close returns
+        assert fdpass.wait_for_discards(10)
+        for held in made:
+            held.close()
+
+
+def eof_after(discarded_end: int, other_end: int, timeout: float) -> float | None:
+    """Discard one end of a pipe; seconds until the other end reads EOF."""
+    start = time.monotonic()
+    discard(discarded_end)
+    ready, _, _ = select.select([other_end], [], [], timeout)
+    if not ready:
+        return None
+    assert os.read(other_end, 1) == b""
+    return time.monotonic() - start
+
+
+def test_the_bound_is_at_least_eight() -> None:
+    assert CLOSERS >= 8
+
+
+def test_no_thread_while_nothing_is_discarded() -> None:
+    before = threads()
+    r, w = os.pipe()
+    discard(w)
+    discard(r)
+    assert fdpass.wait_for_discards(5)
+    assert closer_state() == (0, 0, 0)
+    assert threads() == before
+
+
+def test_idle_threads_leave_by_themselves() -> None:
+    before = threads()
+    for _ in range(20):
+        r, w = os.pipe()
+        discard(w)
+        discard(r)
+    deadline = time.monotonic() + 2
+    while (closer_state()[0] or threads() > before) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closer_state() == (0, 0, 0)
+    assert threads() == before
+
+
+def test_a_close_that_blocks_holds_up_only_itself(blocking: Callable[[], Lingering]) -> None:
+    # CLOSERS - 1 closes blocked at once: every other discard still closes
+    # within 100 ms, and the pool stays within its bound.
+    for _ in range(CLOSERS - 1):
+        discard(blocking().sock, own=True)
+    deadline = time.monotonic() + 5
+    while closer_state()[1] < CLOSERS - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closer_state()[1] == CLOSERS - 1, "the closes did block"
+    for _ in range(20):
+        r, w = os.pipe()
+        took = eof_after(w, r, 1.0)
+        os.close(r)
+        assert took is not None and took < 0.1, took
+        assert closer_state()[0] <= CLOSERS
+
+
+def test_past_the_bound_discards_queue_until_a_close_ends(
+        blocking: Callable[[], Lingering]) -> None:
+    held = [blocking() for _ in range(CLOSERS)]
+    for h in held:
+        discard(h.sock, own=True)
+    deadline = time.monotonic() + 5
+    while closer_state()[1] < CLOSERS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert closer_state()[:2] == (CLOSERS, CLOSERS)
+    r, w = os.pipe()
+    try:
+        assert eof_after(w, r, 0.3) is None, "queued behind the bound"
+        assert closer_state() == (CLOSERS, CLOSERS, 1)
+        held[0].peer.close()  # one close ends: the queued discard is closed
+        ready, _, _ = select.select([r], [], [], 5)
+        assert ready and os.read(r, 1) == b""
+    finally:
+        os.close(r)
+
+
+def test_a_received_lingering_socket_never_occupies_a_thread() -> None:
+    # The library refuses what it receives: whatever linger its sender set,
+    # it is closed without lingering, so none piles up.
+    held = [Lingering(LINGER) for _ in range(2 * CLOSERS)]
+    try:
+        start = time.monotonic()
+        for h in held:
+            discard(h.sock.detach())
+        assert fdpass.wait_for_discards(2)
+        assert time.monotonic() - start < 2
+        assert all(h.reset_seen(2) for h in held)
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_a_discarded_socket_object_is_detached() -> None:
+    a, b = socket.socketpair()
+    with b:
+        discard(a, own=True)
+        assert a.fileno() == -1
+        assert fdpass.wait_for_discards(5)
+        assert b.recv(1) == b""
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_wait_for_discards_refuses_a_negative_timeout(value: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        fdpass.wait_for_discards(value)
