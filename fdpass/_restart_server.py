@@ -9,9 +9,10 @@ every row measures a server being replaced, not a proxy in front of one.
     python -m fdpass._restart_server supervise TAG_FILE
 
 serve prints "ready PID" once it serves, and stops politely: on SIGTERM,
-or once the successor that took its offer is ready.  Stopping, it closes
-its copy of the listener, answers each open connection's next request
-with "Connection: close" and then closes it; with --move it first moves
+or once the successor that took its offer is ready.  Stopping, it stops
+accepting, answers each open connection's next request with "Connection:
+close" and closes it, and exits, its copy of the listener closing with
+it (within DRAIN seconds whatever the clients do); with --move it first moves
 its open connections, with what it had read of them, to the successor
 (handoff protocol version 2).  supervise is the systemd-style row: it
 holds the listener systemd-socket-activate passed it and, on SIGHUP,
@@ -54,6 +55,9 @@ def answer(tag: bytes, closing: bool) -> bytes:
 
 
 class Connection:
+    """An open connection, and what it read and has not answered, answered
+    and has not sent: all a successor needs to resume it."""
+
     def __init__(self, sock: socket.socket, inbuf: bytes = b"", outbuf: bytes = b"") -> None:
         sock.setblocking(False)
         self.sock = sock

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fdpass import _restart_bench, handoff
+from fdpass import _restart_bench, _restart_server, handoff
 from support import run_python
 
 KEYS = [m.key for m in _restart_bench.mechanisms()]
@@ -124,7 +124,7 @@ def test_every_row_is_measured_or_names_what_is_missing(
         if row["key"].startswith("reuseport") and os.geteuid() != 0 and not row["measured"]:
             assert "run it as root" in row["reason"], row  # the other one is measured
             continue
-        # CI installs every program (tests/run.py): a row not measured there fails.
+        # CI installs every program (.ci/run): a row not measured there fails.
         assert row["measured"], row
 
 
@@ -290,6 +290,18 @@ def test_the_load_counts_long_lived_connections_ended_politely(
     tally = load(server(once))
     assert tally.long_lived_ended > 0 and tally.unanswered == 0, tally
     assert tally.ended_early == 0 and tally.reset == 0, tally
+
+
+def test_a_connection_resumes_from_its_state() -> None:
+    """What the old server moves with a connection: the request read and
+    not answered, and the answer not yet sent, byte for byte."""
+    a, b = socket.socketpair()
+    with a, b:
+        moved = _restart_server.Connection(a, b"GET / HTTP/1.1\r\n", b"HTTP/1.1 200 OK\r\n")
+        resumed = _restart_server.Connection.resumed(a, moved.state())
+        assert (resumed.inbuf, resumed.outbuf) == (moved.inbuf, moved.outbuf)
+        empty = _restart_server.Connection.resumed(a, _restart_server.Connection(a).state())
+        assert (empty.inbuf, empty.outbuf) == (b"", b"")
 
 
 def test_percentile_and_old_lived() -> None:
