@@ -283,14 +283,14 @@ class Processes:
         self.pids: set[int] = set()  # every pid seen, children or not
         self._readers: list[threading.Thread] = []
 
-    def start(self, command: Sequence[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    def start(self, command: Sequence[str]) -> subprocess.Popen[bytes]:
         environment = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(PACKAGE.parent), *filter(None, [os.environ.get("PYTHONPATH")])]))
         log = open(self.workdir / "stderr.log", "ab")
         try:
             child = subprocess.Popen(list(command), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=log, cwd=self.workdir,
-                                     env=kwargs.pop("env", environment), **kwargs)
+                                     env=environment)
         finally:
             log.close()
         self.children.append(child)
@@ -328,6 +328,14 @@ class Processes:
         """pid serves now: it is ended with the row, whoever started it."""
         self.pids.add(pid)
         return pid
+
+    def said(self) -> str:
+        """The end of what the servers wrote to stderr, for a failure."""
+        try:
+            text = (self.workdir / "stderr.log").read_text(errors="replace").strip()
+        except FileNotFoundError:
+            return ""
+        return f"; the servers said: ...{text[-400:]}" if text else ""
 
     def watch(self, pid: int) -> ExitWatch:
         return ExitWatch(pid, reap=all(child.pid != pid for child in self.children))
@@ -845,42 +853,49 @@ def measure(mechanism: Mechanism, plan: Plan, setting: Setting, out: IO[str]) ->
         mechanism.check(setting)
     except NotMeasured as why:
         return Row(mechanism.key, mechanism.title, measured=False, reason=str(why))
-    with tempfile.TemporaryDirectory(prefix="fdpass-restart-") as tmp, ExitStack() as stack:
-        workdir = Path(tmp)
-        procs = Processes(workdir, free_port())
-        stack.callback(procs.close)
-        mechanism.prepare(setting)
-        stack.callback(mechanism.finish, setting)
-        tag_file = workdir / "tag"
-        tag_file.write_text("g0\n")
-        serving = procs.serving(mechanism.start(procs, tag_file))
-        if probe(procs.port) != "g0":
-            raise RuntimeError("generation 0 does not answer as g0")
-        load = Load(procs.port, plan)
-        load.start()
-        stack.callback(load.stop)
-        time.sleep(plan.warmup)
-        restarts = []
-        for generation in range(1, plan.restarts + 1):
-            tag = f"g{generation}"
-            tag_file.write_text(tag + "\n")
-            watch = procs.watch(serving)
-            started = time.monotonic()
-            serving = procs.serving(mechanism.restart(procs, tag_file, generation, serving,
-                                                      load))
-            wait_for(lambda: load.answered_since(tag) is not None,
-                     f"generation {generation} answered nothing")
-            exited = watch.wait(STEP_TIMEOUT)
-            if exited is None:
-                raise TimeoutError(f"the server before generation {generation} did not exit")
-            ready = load.answered_since(tag)
-            assert ready is not None
-            restarts.append(Restart(started, ready, exited))
-            print(f"  {mechanism.key}: restart {generation} of {plan.restarts}", file=out)
-            time.sleep(plan.pause)
-        load.stop()
-        stack.pop_all().close()  # stop the processes, undo the setting
+    with tempfile.TemporaryDirectory(prefix="fdpass-restart-") as tmp:
+        procs = Processes(Path(tmp), free_port())
+        try:
+            with ExitStack() as stack:  # undone in reverse: the load, the setting, the servers
+                stack.callback(procs.close)
+                mechanism.prepare(setting)
+                stack.callback(mechanism.finish, setting)
+                load, restarts = replace(mechanism, procs, plan, stack, out)
+        except (OSError, RuntimeError, TimeoutError) as error:
+            raise RuntimeError(f"{error}{procs.said()}") from error
     return row_of(mechanism, load, restarts, procs.notes)
+
+
+def replace(mechanism: Mechanism, procs: Processes, plan: Plan, stack: ExitStack,
+            out: IO[str]) -> tuple[Load, list[Restart]]:
+    """Generation 0 under the load, then each restart in turn."""
+    tag_file = procs.workdir / "tag"
+    tag_file.write_text("g0\n")
+    serving = procs.serving(mechanism.start(procs, tag_file))
+    if probe(procs.port) != "g0":
+        raise RuntimeError("generation 0 does not answer as g0")
+    load = Load(procs.port, plan)
+    load.start()
+    stack.callback(load.stop)
+    time.sleep(plan.warmup)
+    restarts = []
+    for generation in range(1, plan.restarts + 1):
+        tag = f"g{generation}"
+        tag_file.write_text(tag + "\n")
+        watch = procs.watch(serving)
+        started = time.monotonic()
+        serving = procs.serving(mechanism.restart(procs, tag_file, generation, serving, load))
+        wait_for(lambda: load.answered_since(tag) is not None,
+                 f"generation {generation} answered nothing")
+        exited = watch.wait(STEP_TIMEOUT)
+        if exited is None:
+            raise TimeoutError(f"the server before generation {generation} did not exit")
+        ready = load.answered_since(tag)
+        assert ready is not None
+        restarts.append(Restart(started, ready, exited))
+        print(f"  {mechanism.key}: restart {generation} of {plan.restarts}", file=out)
+        time.sleep(plan.pause)
+    return load, restarts
 
 
 def row_of(mechanism: Mechanism, load: Load, restarts: list[Restart],
