@@ -71,6 +71,7 @@ def rows_by_key(document: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {row["key"]: row for row in document["rows"]}
 
 
+@pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate
 def test_one_table_one_row_per_mechanism(quick_run: tuple[str, dict[str, Any], float]) -> None:
     out, document, seconds = quick_run
     assert seconds < 90, seconds
@@ -97,6 +98,7 @@ def test_one_table_one_row_per_mechanism(quick_run: tuple[str, dict[str, Any], f
             assert row["answered"] > 0
 
 
+@pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate
 def test_the_plot_is_drawn_where_matplotlib_is(
         quick_run: tuple[str, dict[str, Any], float]) -> None:
     out, document, _ = quick_run
@@ -114,6 +116,7 @@ def test_the_plot_is_drawn_where_matplotlib_is(
             assert len(row["detail"]["restarts_at_s"]) == row["restarts"]
 
 
+@pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate
 def test_every_row_is_measured_or_names_what_is_missing(
         quick_run: tuple[str, dict[str, Any], float]) -> None:
     _, document, _ = quick_run
@@ -128,6 +131,7 @@ def test_every_row_is_measured_or_names_what_is_missing(
         assert row["measured"], row
 
 
+@pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate
 def test_fdpass_loses_no_connection_and_no_request(
         quick_run: tuple[str, dict[str, Any], float]) -> None:
     rows = rows_by_key(quick_run[1])
@@ -146,6 +150,7 @@ def test_fdpass_loses_no_connection_and_no_request(
             moving
 
 
+@pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate
 def test_the_plain_restart_under_the_same_load_loses_connections(
         quick_run: tuple[str, dict[str, Any], float]) -> None:
     plain = rows_by_key(quick_run[1])["plain"]
