@@ -3,15 +3,11 @@
 import os
 import sys
 
-# Before cythonize: on Windows the build would fail later, in the compiler,
-# on a missing <sys/socket.h>, which says nothing of why.
-if sys.platform == "win32":
-    sys.exit("fdpass cannot be built on Windows: it passes descriptors as SCM_RIGHTS "
-             "messages over AF_UNIX sockets, and Windows's carry none (see "
-             "\"Platforms\" in the README: socket.socket.share() and "
-             "multiprocessing.reduction.DupHandle are Windows's own ways).")
-
-from Cython.Build import cythonize
+# On Windows the backend is pure Python (fdpass/_windows.py over _winapi,
+# msvcrt and socket.share): no compiler, no Cython, no extension.
+WINDOWS = sys.platform == "win32"
+if not WINDOWS:
+    from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
 
@@ -69,5 +65,21 @@ class build_ext(_build_ext):
             f.write(wanted)
 
 
-setup(ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES),
-      cmdclass={"build_ext": build_ext})
+if WINDOWS:
+    from setuptools.command.bdist_wheel import bdist_wheel
+
+    class windows_wheel(bdist_wheel):
+        """Pure Python, yet tagged py3-none-win_amd64 (or the build's own
+        platform): a POSIX pip must never pick it and run without the engine."""
+
+        def finalize_options(self) -> None:
+            super().finalize_options()
+            self.root_is_pure = False
+
+        def get_tag(self) -> tuple[str, str, str]:
+            return "py3", "none", super().get_tag()[2]
+
+    setup(cmdclass={"bdist_wheel": windows_wheel})
+else:
+    setup(ext_modules=cythonize(extensions, compiler_directives=COMPILER_DIRECTIVES),
+          cmdclass={"build_ext": build_ext})

@@ -6,18 +6,7 @@ from __future__ import annotations
 import os
 import sys
 
-# First of all: on Windows the compiled engine cannot exist, and importing
-# it would fail with a bare "no module named", which says nothing of why.
-if sys.platform == "win32":
-    raise ImportError(
-        "fdpass does not work on Windows: it passes descriptors as SCM_RIGHTS "
-        "messages over AF_UNIX sockets, and Windows's AF_UNIX sockets carry no "
-        "descriptors or handles. To hand a socket to another process there, use "
-        "socket.socket.share(pid) and socket.fromshare(data); for any other "
-        "handle, multiprocessing.reduction.DupHandle (or duplicate()). See "
-        "\"Platforms\" in fdpass's README.")
-
-from fdpass._errors import ProtocolError  # noqa: E402  (after the platform check)
+from fdpass._errors import ProtocolError
 
 
 def _refuse_source_tree(package_dir: str) -> None:
@@ -31,22 +20,33 @@ def _refuse_source_tree(package_dir: str) -> None:
             "installed fdpass.")
 
 
-try:
-    from fdpass._channel import MAX_FDS, FDChannel
+#: Which backend is loaded: "compiled" (the Cython engine) or "windows".
+ENGINE: str
+if sys.platform == "win32":
+    # Typed Python over _winapi, msvcrt and socket.share: no compiler, no
+    # engine; aio, handoff and systemd are POSIX only and not imported.
     from fdpass._credentials import Credentials, Sender
-    from fdpass._engine import CLOEXEC_METHOD, wait_for_discards
-    from fdpass._functional import get_errno, recv, send
-except ModuleNotFoundError:
-    _refuse_source_tree(__path__[0])
-    raise
+    from fdpass._windows import (
+        CLOEXEC_METHOD, MAX_FDS, FDChannel, get_errno, recv, send, wait_for_discards,
+    )
 
-# Pure Python over the engine, and light: every `import fdpass` has them.
-from fdpass import handoff, systemd  # noqa: E402  (after the engine they need)
+    ENGINE = "windows"
+else:
+    try:
+        from fdpass._channel import MAX_FDS, FDChannel
+        from fdpass._credentials import Credentials, Sender
+        from fdpass._engine import CLOEXEC_METHOD, wait_for_discards
+        from fdpass._functional import get_errno, recv, send
+    except ModuleNotFoundError:
+        _refuse_source_tree(__path__[0])
+        raise
+
+    # Pure Python over the engine, and light: every `import fdpass` has them.
+    from fdpass import handoff, systemd
+
+    ENGINE = "compiled"
 
 __version__ = "0.1.0"
-
-#: Which engine is loaded: the compiled Cython modules are the only one.
-ENGINE = "compiled"
 
 __all__ = [
     "CLOEXEC_METHOD",

@@ -7,16 +7,24 @@ import platform
 import sys
 
 import fdpass
-from fdpass import _channel, _engine, _features
-from fdpass._demo import DemoFailed, parent
 
 
 def info() -> int:
+    if sys.platform == "win32":
+        from fdpass import _windows as backend
+    else:
+        from fdpass import _channel as backend
     print(f"fdpass {fdpass.__version__}")
-    print(f"engine: {fdpass.ENGINE} ({_channel.__file__})")
+    print(f"engine: {fdpass.ENGINE} ({backend.__file__})")
     print(f"python: {platform.python_implementation()} {platform.python_version()}")
     print(f"platform: {platform.system()} {platform.release()} {platform.machine()}")
     print(f"MAX_FDS: {fdpass.MAX_FDS}")
+    if sys.platform == "win32":
+        print(f"frame version: {backend.FRAME_VERSION}")
+        print(f"paths: close-on-exec: {fdpass.CLOEXEC_METHOD}")
+        return 0
+    from fdpass import _engine, _features
+
     build = "portable (FDPASS_PORTABLE=1)" if _engine.PORTABLE else "native"
     print(f"build: {build}")
     print(f"paths: close-on-exec: {_engine.CLOEXEC_METHOD}")
@@ -29,6 +37,8 @@ def info() -> int:
 
 
 def demo(which: str | None = None) -> int:
+    from fdpass._demo import DemoFailed, parent
+
     try:
         if which == "handoff":
             from fdpass import _demo_handoff  # starts processes of its own

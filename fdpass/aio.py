@@ -5,6 +5,10 @@ has taken nothing from the socket, so cancelling it loses nothing."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import asyncio
 import errno
 import os

@@ -13,6 +13,10 @@ the same steps."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import errno
 import os
 import socket

@@ -6,6 +6,10 @@ service manager's descriptor store."""
 
 from __future__ import annotations
 
+from fdpass._platform import require_posix
+
+require_posix(__name__)
+
 import os
 import re
 import socket

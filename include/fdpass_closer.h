@@ -18,7 +18,9 @@
  * A received descriptor is the library's to refuse: a socket among them
  * that its sender set to linger is closed abortively (SO_LINGER {1, 0}), so
  * that a peer cannot pile up lingering sockets.  The caller's own sockets
- * are closed as the caller set them up.
+ * are closed as the caller set them up; but the queue of an AF_UNIX one
+ * (a channel's) is a peer's doing, and its in-flight descriptors are closed
+ * with it: those are defused first (fdpass_defuse_queue).
  *
  * Included by _engine.pyx only, so there is one closer per process. */
 #pragma once
@@ -31,6 +33,8 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "fdpass_compat.h"
 
 /* The bound: closes that may block at once without delaying any other. */
 #define FDPASS_CLOSERS 16
@@ -56,18 +60,93 @@ static int fdpass_closer_retire = 0;   /* idle workers exit now (a generation co
 static pthread_t fdpass_closer_exited[FDPASS_CLOSERS];
 static int fdpass_closer_nexited = 0;
 
+/* A socket set to linger is made to close without lingering. */
 static void
-fdpass_close_discarded(fdpass_discarded entry)
+fdpass_no_linger(int fd)
 {
     struct linger lg;
     socklen_t length = sizeof(lg);
-    if (entry.received
-            && getsockopt(entry.fd, SOL_SOCKET, SO_LINGER, &lg, &length) == 0
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &length) == 0
             && lg.l_onoff && lg.l_linger != 0) {
         lg.l_onoff = 1;
         lg.l_linger = 0;
-        setsockopt(entry.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
     }
+}
+
+/* The most a defusing walk reads of a queue, so that a peer filling it as
+ * fast as it can cannot keep a closing thread walking for ever. */
+#define FDPASS_DEFUSE_CALLS 1024
+
+/* The descriptors in flight in the queue of fd, an AF_UNIX socket of the
+ * caller's about to be closed, are closed with it when this is its last
+ * reference, each as the last close of its own: a peer's lingering socket
+ * among them would block this thread.  Peeking (never taking: the socket
+ * may be shared, and then its queue is another process's) gives copies of
+ * them, through which their linger is turned off; the copies' closes are
+ * not the last.  Linux, where SO_PEEK_OFF walks the whole queue. */
+static void
+fdpass_defuse_queue(int fd)
+{
+#if defined(SO_PEEK_OFF) && !defined(FDPASS_PORTABLE)
+    char scratch[65536];  /* peeked bytes, dropped */
+    fdpass_control_t control;
+    struct sockaddr_storage addr;
+    socklen_t length = sizeof(addr);
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *cmsg;
+    size_t room;
+    int value = 0, calls, i, count, received;
+    memset(&addr, 0, sizeof(addr));
+    if (getsockname(fd, (struct sockaddr *)&addr, &length) < 0 || addr.ss_family != AF_UNIX)
+        return;
+    length = sizeof(value);
+    if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) < 0 || value)
+        return;  /* a listener's queue is of connections, not descriptors */
+    value = 0;
+    if (setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &value, sizeof(value)) < 0)
+        return;
+    for (calls = 0; calls < FDPASS_DEFUSE_CALLS; calls++) {
+        memset(&msg, 0, sizeof(msg));
+        iov.iov_base = scratch;
+        iov.iov_len = sizeof(scratch);
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.buf;
+        msg.msg_controllen = sizeof(control.buf);
+        if (recvmsg(fd, &msg, MSG_PEEK | MSG_DONTWAIT | FDPASS_MSG_CMSG_CLOEXEC) <= 0)
+            break;
+        for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+            if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_len < CMSG_LEN(0)
+                    || (cmsg->cmsg_type != SCM_RIGHTS && cmsg->cmsg_type != FDPASS_SCM_PIDFD))
+                continue;
+            room = (size_t)(control.buf + msg.msg_controllen - (unsigned char *)cmsg);
+            count = (int)(((cmsg->cmsg_len < room ? cmsg->cmsg_len : room) - CMSG_LEN(0))
+                          / sizeof(int));
+            for (i = 0; i < count; i++) {
+                memcpy(&received, CMSG_DATA(cmsg) + i * sizeof(int), sizeof(int));
+                if (received < 0)
+                    continue;  /* SCM_PIDFD's -errno */
+                fdpass_no_linger(received);
+                close(received);  /* a copy: the queue still holds the file */
+            }
+            if (cmsg->cmsg_len >= room)
+                break;
+        }
+    }
+#else
+    (void)fd;
+#endif
+}
+
+static void
+fdpass_close_discarded(fdpass_discarded entry)
+{
+    if (entry.received)
+        fdpass_no_linger(entry.fd);
+    else
+        fdpass_defuse_queue(entry.fd);
     close(entry.fd);  /* never retried on EINTR: the descriptor is gone either way */
 }
 

@@ -14,7 +14,7 @@ import pytest
 
 import fdpass
 from fdpass._engine import CLOSERS, closer_state, discard
-from support import Lingering
+from support import Lingering, raw_send, same_file
 
 LINGER = 30  # seconds a blocked close would last: the tests end it sooner
 
@@ -147,3 +147,46 @@ def test_a_discarded_socket_object_is_detached() -> None:
 def test_wait_for_discards_refuses_a_negative_timeout(value: float) -> None:
     with pytest.raises(ValueError, match="timeout"):
         fdpass.wait_for_discards(value)
+
+
+def test_an_own_sockets_queue_cannot_make_its_close_linger() -> None:
+    # A peer's lingering socket, in flight in the queue of one of the
+    # caller's AF_UNIX sockets, would be closed with it (and block): the
+    # closer turns its linger off first, through a peeked copy.
+    held = [Lingering(LINGER) for _ in range(3)]
+    a, b = socket.socketpair()
+    try:
+        with a:
+            for h in held:
+                raw_send(a, b"\0", [h.sock.fileno()])
+                h.sock.close()
+            start = time.monotonic()
+            discard(b, own=True)
+            assert fdpass.wait_for_discards(2)
+            assert time.monotonic() - start < 2
+            assert all(h.reset_seen(2) for h in held)
+    finally:
+        for h in held:
+            h.close()
+
+
+def test_a_shared_sockets_queue_is_left_whole() -> None:
+    # Defusing only peeks: another holder of the socket still reads every
+    # message, descriptors included.
+    a, b = socket.socketpair()
+    other = b.dup()
+    r, w = os.pipe()
+    try:
+        with a, other:
+            raw_send(a, b"one", [r])
+            raw_send(a, b"two", [w])
+            discard(b, own=True)
+            assert fdpass.wait_for_discards(5)
+            rx = fdpass.FDChannel(other, closefd=False)
+            for expected, fd in ((b"one", r), (b"two", w)):
+                data, fds = rx.recv_message(3)
+                assert data == expected and len(fds) == 1 and same_file(fds[0], fd)
+                os.close(fds[0])
+    finally:
+        os.close(r)
+        os.close(w)

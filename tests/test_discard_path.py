@@ -25,6 +25,10 @@ ALLOWED = {
     ("_features.py", "os.close(ours.peer_pidfd())"),   # a pidfd it asked for
     ("systemd.py", "os.close(fd)"),                   # a pidfd of pidfd_open's, in _pidfd_inode
     ("handoff.py", "os.close(directory)"),            # the offer's private directory
+    # The Windows backend's own discard path (_close_fd_or_socket, and
+    # recv_file's descriptor before open() took it): Windows closes what
+    # it refuses at once, sockets abortively.
+    ("_windows.py", "os.close(fd)"),
     ("_channel.pyx", "close(fd)"),                    # the channel's own socket, closefd=True
     ("_channel.pyx", "rc = close(fd)"),               # the same, in _release
 }
