@@ -232,8 +232,8 @@ class Server:
         for conn in conns:
             self.selector.unregister(conn.sock)
             del self.connections[conn.sock]
-        items = [handoff.Item("conn", [conn.sock], state=conn.state())  # type: ignore[attr-defined]
-                 for conn in conns]
+        make_item = handoff.Item  # type: ignore[attr-defined,unused-ignore]  # until version 2
+        items = [make_item("conn", [conn.sock], state=conn.state()) for conn in conns]
         moved = offer.move(items, timeout=PATIENCE) if items else None
         kept = {id(item) for item in moved.kept} if moved is not None else set()
         for conn, item in zip(conns, items):
@@ -268,7 +268,8 @@ def taking(server: Server, takeover: handoff.Takeover, move: bool,
             takeover.ready()
             ready()
             if move:
-                for item in takeover.items(timeout=PATIENCE):  # type: ignore[attr-defined]
+                moved = takeover.items  # type: ignore[attr-defined,unused-ignore]  # version 2
+                for item in moved(timeout=PATIENCE):
                     sock = socket.socket(fileno=item.fds[0])
                     server.adopted.put(Connection.resumed(sock, item.state))
                     server.wake()
