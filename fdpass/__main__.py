@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="run only this workload (may be repeated): stream, "
                             "stream-pinned, batch, ping-pong, ping-pong-pinned, "
                             "convert-file or convert-socket")
+    bench.add_argument("--targets", action="store_true",
+                       help="also say whether the project's own performance targets were met")
     bench.add_argument("--mechanism", action="append", default=[], metavar="NAME",
                        help="restart: measure only this mechanism (may be repeated)")
     bench.add_argument("--plot", metavar="PATH",
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown workload {unknown[0]!r}: choose from {', '.join(names)}")
         if args.repeats < 1:
             parser.error("--repeats must be at least 1")
-        return _bench.run(args.quick, args.json, args.repeats, args.workload)
+        return _bench.run(args.quick, args.json, args.repeats, args.workload, args.targets)
     if args.command == "demo":
         return demo(args.which)
     return info()

@@ -674,8 +674,17 @@ def table(results: Sequence[Result], workloads: Sequence[Workload], repeats: int
     return "\n".join(out)
 
 
+#: What the figures say, for a user who ran the bench to see whether fdpass
+#: works here (the project's own targets are for its developers: --targets).
+READING = """\
+Reading the figures: compare rows within this run, never across runs or
+machines; a loaded machine moves every row. A quick run is a smoke run: it
+shows that each implementation works here, and its figures are rough. fdpass's
+rows near the C floor (1.0x) mean that it adds little to what the kernel costs."""
+
+
 def run(quick: bool = False, json_path: str | None = None, repeats: int = 5,
-        only: Sequence[str] = ()) -> int:
+        only: Sequence[str] = (), targets: bool = False) -> int:
     scale = 0.02 if quick else 1.0
     workloads = [w for w in WORKLOADS if not only or w.name in only]
     why_not = {impl.name: impl.available() for impl in IMPLEMENTATIONS}
@@ -698,10 +707,12 @@ def run(quick: bool = False, json_path: str | None = None, repeats: int = 5,
     for line in missing:
         print(f"not measured: {line}")
     lines = target_lines(results)
-    if lines:
-        print("targets:")
+    if targets and lines:
+        print("the project's targets (for its developers; a quick run is too short to judge them):")
         for line in lines:
             print(f"  {line}")
+    elif not targets:
+        print(READING)
     if json_path:
         document = {"machine": info, "quick": quick, "repeats": repeats,
                     "workloads": [asdict(w) for w in workloads],

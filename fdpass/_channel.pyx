@@ -15,7 +15,7 @@ from posix.unistd cimport close
 
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, discard_fds,
+    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, defuse_queue, discard_fds,
     discard_received, raise_os_error, raise_recv_status, raise_send_error, recv_message_into,
     send_message, unix_socket_type,
 )
@@ -127,8 +127,22 @@ cdef int refused() except -1:
                      "receives data, with recv_message")
 
 
+def naming_path(error, path):
+    """error, naming the socket path that connecting to failed, as open()'s
+    errors name theirs: "No such file or directory" alone says not which."""
+    if error.filename is None:
+        error.filename = os.fspath(path)
+    return error
+
+
 cdef class FDChannel:
-    """Sends and receives open descriptors over an AF_UNIX socket
+    # The first two lines are the constructor's signature, which help() and
+    # inspect.signature() read (a type's __text_signature__); the
+    # docstring they show starts after them.
+    """FDChannel(sock, *, closefd=True, refuse_fds=False, passcred=False)
+--
+
+Sends and receives open descriptors over an AF_UNIX socket
     (SOCK_STREAM, SOCK_SEQPACKET or SOCK_DGRAM).
 
     sock is a socket.socket, a descriptor number or an object with
@@ -222,7 +236,10 @@ cdef class FDChannel:
         """A channel connected to the AF_UNIX SOCK_STREAM socket listening at path."""
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
-            sock.connect(os.fspath(path))
+            try:
+                sock.connect(os.fspath(path))
+            except OSError as error:
+                raise naming_path(error, path)
             return cls(sock)
         except BaseException:
             sock.close()
@@ -280,13 +297,20 @@ cdef class FDChannel:
         return 0
 
     cdef int _release(self) except -1:
-        """Close what the channel wraps, as closefd says."""
+        """Close what the channel wraps, as closefd says.  The descriptors in
+        flight in its queue, a peer's doing, close with it: they are defused
+        first, so that no lingering socket among them makes this close wait."""
         cdef int fd = self._held, rc
+        if not self._closefd:
+            self._held = -1
+            self._owner = None
+            return 0
+        if self._kind == OWNER_NUMBER or self._owns(fd):
+            with nogil:
+                defuse_queue(fd)
         owner = self._owner
         self._held = -1
         self._owner = None
-        if not self._closefd:
-            return 0
         close_method = None if self._kind == OWNER_NUMBER else getattr(owner, "close", None)
         if close_method is not None:
             close_method()
@@ -323,6 +347,8 @@ cdef class FDChannel:
 
     @property
     def closed(self):
+        """Whether the channel is closed: by close(), or because the socket
+        it wraps was closed elsewhere."""
         return not self._wrapped_open()
 
     @property
@@ -386,6 +412,7 @@ cdef class FDChannel:
             self._timeout = t
 
     def setblocking(self, bint flag):
+        """As socket.setblocking: settimeout(None) if flag, else settimeout(0.0)."""
         self.settimeout(None if flag else 0.0)
 
     @cython.binding(False)

@@ -22,3 +22,7 @@ class Sender(NamedTuple):
     uid: int
     gid: int
     pidfd: int
+
+
+# Shown where users meet them: fdpass.Credentials, fdpass.Sender.
+Credentials.__module__ = Sender.__module__ = "fdpass"

@@ -44,6 +44,7 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
                            int flags, double timeout, const Guard *guard, Received *out,
                            Sender *sender, int *err) except -2
 cdef void discard_fds(const int *fds, int n) noexcept nogil
+cdef void defuse_queue(int fd) noexcept nogil
 cdef void discard_received(const int *fds, Received *r, Sender *sender) noexcept nogil
 cdef int send_errno(int err, int sock_type, bint connected) noexcept nogil
 cdef int raise_os_error(int err, str context, Py_ssize_t written=*) except -1

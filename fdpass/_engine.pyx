@@ -36,6 +36,7 @@ cdef extern from "fdpass_closer.h" nogil:
     int fdpass_closer_init()
     void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
+    void fdpass_defuse_queue(int fd)
     void fdpass_closer_retire_idle()
     void fdpass_closer_counts(int *workers, int *busy, size_t *queued)
 
@@ -337,6 +338,12 @@ cdef void discard_fds(const int *fds, int n) noexcept nogil:
         fdpass_discard(fds, n, 1)
 
 
+cdef void defuse_queue(int fd) noexcept nogil:
+    """Turn off the linger of the descriptors in flight in fd's queue (an
+    AF_UNIX socket about to be closed), so that its close does not wait."""
+    fdpass_defuse_queue(fd)
+
+
 def discard(f, *, bint own=False):
     """Drop f, a descriptor number or a socket.socket (detached here), on
     the closer: the one way fdpass drops a descriptor, in every module.
@@ -391,14 +398,21 @@ def closer_state():
     return workers, busy, queued
 
 
-def _retire_idle_closers():
+#: Seconds a fork waits for discards under way to be closed (each takes
+#: microseconds, unless it blocks), so that it finds no closing thread.
+FORK_GRACE = 0.1
+
+
+def _before_fork():
+    """Python 3.12+ warns of forking a multi-threaded process: a fork finds
+    no closing thread but one blocked in a close, if any."""
+    cdef double grace = FORK_GRACE
     with nogil:
-        fdpass_closer_retire_idle()
+        if not fdpass_discards_wait(grace):
+            fdpass_closer_retire_idle()
 
 
-# A fork finds no idle closing thread (only one blocked in a close, if any):
-# Python 3.12+ warns of forking a multi-threaded process.
-os.register_at_fork(before=_retire_idle_closers)
+os.register_at_fork(before=_before_fork)
 
 
 cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,

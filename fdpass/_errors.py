@@ -7,3 +7,7 @@ class ProtocolError(OSError):
     """A message that breaks the descriptor-passing protocol (errno EBADMSG):
     no descriptor where one was required, more than were asked for, or
     truncated control data.  Every descriptor it carried has been closed."""
+
+
+# Shown where users meet it, in tracebacks and reprs: fdpass.ProtocolError.
+ProtocolError.__module__ = "fdpass"

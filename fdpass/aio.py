@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from fdpass._channel import MAX_FDS, FDChannel, wrap_socketpair
+from fdpass._channel import MAX_FDS, FDChannel, naming_path, wrap_socketpair
 from fdpass._credentials import Credentials, Sender
 from fdpass._engine import discard
 
@@ -141,7 +141,13 @@ class AsyncFDChannel:
                  passcred: bool = False) -> None:
         if not isinstance(sock, socket.socket):
             raise TypeError(f"AsyncFDChannel needs a socket.socket, not {type(sock).__name__}")
-        self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        try:
+            self._channel = FDChannel(sock, refuse_fds=refuse_fds, passcred=passcred)
+        except ValueError as error:  # "FDChannel needs ...": the caller made an AsyncFDChannel
+            message = str(error)
+            if not message.startswith("FDChannel "):
+                raise
+            raise ValueError("Async" + message) from None
         sock.setblocking(False)
         self._sock = sock
         self._reading = _Turns(writing=False)
@@ -154,13 +160,16 @@ class AsyncFDChannel:
 
     @property
     def closed(self) -> bool:
+        """As FDChannel's."""
         return self._channel.closed
 
     @property
     def type(self) -> socket.SocketKind:
+        """As FDChannel's."""
         return self._channel.type
 
     def fileno(self) -> int:
+        """As FDChannel's: -1 once closed."""
         return self._channel.fileno()
 
     def shutdown(self, how: int) -> None:
@@ -318,6 +327,14 @@ async def open_channel(path: StrPath) -> AsyncFDChannel:
 
 
 async def _connect(sock: socket.socket, address: str | bytes) -> None:
+    """_connecting(), whose errors name the socket path, as open()'s name theirs."""
+    try:
+        await _connecting(sock, address)
+    except OSError as error:
+        raise naming_path(error, address)
+
+
+async def _connecting(sock: socket.socket, address: str | bytes) -> None:
     """Connect a non-blocking AF_UNIX socket.  A full backlog is EAGAIN on
     Linux, with no event to wait for (the loop's sock_connect would take the
     socket for connected): try again after fdpass.handoff's growing pauses.
@@ -365,9 +382,11 @@ class Server:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening socket, as asyncio's Server.sockets; () once closed."""
         return () if self._sock is None else (self._sock,)
 
     def is_serving(self) -> bool:
+        """Whether the server accepts connections: until close()."""
         return self._sock is not None
 
     def close(self) -> None:
@@ -666,6 +685,8 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
             return self.finish()
 
     def drop_peer(self) -> None:
+        """As Offer.drop_peer: turn away the successor being served, if any
+        (its take() or ready() fails), and go on offering."""
         if self._serving is not None:
             self._serving.unwatch()
             self._serving = None

@@ -5,7 +5,7 @@ successor take()s the named sockets, starts serving on them and says
 ready(); only then does the old process stop.  A successor that goes away
 before ready() changes nothing: the offer waits for the next one.
 
-The protocol (version 1) is written down in the README, "Restarts without
+The protocol (version 1) is written down in docs/restarts.md, "Restarts without
 dropping a connection".  Its steps are generators (_offer_steps,
 _take_steps, _ready_steps) that yield what to send and how much to
 receive; the blocking driver here and the asyncio one in fdpass.aio run

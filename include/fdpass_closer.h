@@ -18,9 +18,10 @@
  * A received descriptor is the library's to refuse: a socket among them
  * that its sender set to linger is closed abortively (SO_LINGER {1, 0}), so
  * that a peer cannot pile up lingering sockets.  The caller's own sockets
- * are closed as the caller set them up; but the queue of an AF_UNIX one
- * (a channel's) is a peer's doing, and its in-flight descriptors are closed
- * with it: those are defused first (fdpass_defuse_queue).
+ * are closed as the caller set them up.  The queue of an AF_UNIX socket,
+ * received or the caller's, is a peer's doing, and its in-flight
+ * descriptors are closed with it: those are defused first
+ * (fdpass_defuse_queue).
  *
  * Included by _engine.pyx only, so there is one closer per process. */
 #pragma once
@@ -77,6 +78,9 @@ fdpass_no_linger(int fd)
 /* The most a defusing walk reads of a queue, so that a peer filling it as
  * fast as it can cannot keep a closing thread walking for ever. */
 #define FDPASS_DEFUSE_CALLS 1024
+/* How deep it follows AF_UNIX sockets in flight inside queues: Linux lets
+ * descriptors nest no deeper than that (MAX_RECURSION_LEVEL, 4). */
+#define FDPASS_DEFUSE_DEPTH 4
 
 /* The descriptors in flight in the queue of fd, an AF_UNIX socket of the
  * caller's about to be closed, are closed with it when this is its last
@@ -84,12 +88,14 @@ fdpass_no_linger(int fd)
  * among them would block this thread.  Peeking (never taking: the socket
  * may be shared, and then its queue is another process's) gives copies of
  * them, through which their linger is turned off; the copies' closes are
- * not the last.  Linux, where SO_PEEK_OFF walks the whole queue. */
+ * not the last.  An AF_UNIX socket among them has a queue of its own,
+ * which is defused in turn.  Linux, where SO_PEEK_OFF walks the whole
+ * queue. */
 static void
-fdpass_defuse_queue(int fd)
+fdpass_defuse_queue_at(int fd, int depth)
 {
 #if defined(SO_PEEK_OFF) && !defined(FDPASS_PORTABLE)
-    char scratch[65536];  /* peeked bytes, dropped */
+    char scratch[16384];  /* peeked bytes, dropped */
     fdpass_control_t control;
     struct sockaddr_storage addr;
     socklen_t length = sizeof(addr);
@@ -129,6 +135,8 @@ fdpass_defuse_queue(int fd)
                 if (received < 0)
                     continue;  /* SCM_PIDFD's -errno */
                 fdpass_no_linger(received);
+                if (depth < FDPASS_DEFUSE_DEPTH)
+                    fdpass_defuse_queue_at(received, depth + 1);
                 close(received);  /* a copy: the queue still holds the file */
             }
             if (cmsg->cmsg_len >= room)
@@ -137,7 +145,14 @@ fdpass_defuse_queue(int fd)
     }
 #else
     (void)fd;
+    (void)depth;
 #endif
+}
+
+static void
+fdpass_defuse_queue(int fd)
+{
+    fdpass_defuse_queue_at(fd, 0);
 }
 
 static void
@@ -145,8 +160,7 @@ fdpass_close_discarded(fdpass_discarded entry)
 {
     if (entry.received)
         fdpass_no_linger(entry.fd);
-    else
-        fdpass_defuse_queue(entry.fd);
+    fdpass_defuse_queue(entry.fd);
     close(entry.fd);  /* never retried on EINTR: the descriptor is gone either way */
 }
 

@@ -202,7 +202,7 @@ def test_refuses_what_is_not_a_unix_socket() -> None:
     with pytest.raises(TypeError, match="socket.socket"):
         AsyncFDChannel(0)  # type: ignore[arg-type]
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-        with pytest.raises(ValueError, match="AF_UNIX"):
+        with pytest.raises(ValueError, match="^AsyncFDChannel needs an AF_UNIX socket, not AF_INET"):
             AsyncFDChannel(tcp)
         assert tcp.getblocking()  # refused before anything was changed
 
@@ -778,10 +778,12 @@ def test_an_abstract_socket_name(run: Runner) -> None:
     run(main())
 
 
-def test_open_channel_to_nothing_fails_cleanly(run: Runner, tmp_path: Path) -> None:
+def test_open_channel_to_nothing_fails_cleanly_naming_the_path(
+        run: Runner, tmp_path: Path) -> None:
     async def main() -> None:
-        with pytest.raises(FileNotFoundError):
+        with pytest.raises(FileNotFoundError) as raised:
             await aio.open_channel(tmp_path / "missing")
+        assert raised.value.filename == str(tmp_path / "missing")
 
     run(main())
 

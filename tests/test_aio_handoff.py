@@ -283,3 +283,12 @@ def test_an_offered_value_of_the_wrong_type_is_a_type_error(
 
     run(main())
     assert not os.path.exists(path)
+
+
+def test_take_from_nothing_names_the_path(run: Runner, tmp_path: Path) -> None:
+    async def main() -> None:
+        with pytest.raises(FileNotFoundError) as raised:
+            await aio.take(tmp_path / "no-offer", timeout=10)
+        assert raised.value.filename == str(tmp_path / "no-offer")
+
+    run(main())

@@ -148,9 +148,12 @@ def test_connect(tmp_path: Path) -> None:
                 os.close(fd)
 
 
-def test_connect_failure_leaks_nothing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError):
-        FDChannel.connect(tmp_path / "nobody-listens")
+def test_connect_failure_leaks_nothing_and_names_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "nobody-listens"
+    with pytest.raises(FileNotFoundError) as raised:
+        FDChannel.connect(path)
+    assert raised.value.filename == str(path)
+    assert str(raised.value).endswith(f": {str(path)!r}")
 
 
 def test_timeout_follows_the_wrapped_socket(stream: tuple[socket.socket, socket.socket]) -> None:

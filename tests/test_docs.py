@@ -1,9 +1,11 @@
 """The README's and the docs' examples run as written: every Python block
 of every page, every Perl block (each printing what the Python block after
-it prints), and both columns of the porting table."""
+it prints), both columns of the porting table, and every program of
+docs/examples/, which the pages include from its file."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import fdpass
 from fdpass._engine import PORTABLE
 from support import DOC_PAGES, PACKAGE_ROOT, REPOSITORY, Block, doc_blocks
 
@@ -24,6 +27,8 @@ PERL_PAIRS = [(block, BLOCKS[i + 1]) for i, block in enumerate(BLOCKS)
 # directives ("{toctree}" and the like) are not code either.  Shell blocks
 # are the project's own commands (install, the suite itself, the release).
 NOT_RUN = {"text", "ini", "sh"}
+EXAMPLES = sorted((REPOSITORY / "docs" / "examples").glob("*.py"))
+INCLUDED = re.compile(r"^```\{literalinclude\} examples/(\S+)$", re.M)
 PORTING = (REPOSITORY / "docs" / "porting.md").read_text(encoding="utf-8")
 TABLE_HEADER = "| IO::FDPass (Perl) | fdpass (Python) |\n|---|---|\n"
 TABLE = re.findall(r"^\| `(.*)` \| `(.*)` \|$",
@@ -41,9 +46,20 @@ def expected_output(code: str) -> list[str]:
 
 def test_the_pages_have_examples() -> None:
     assert {block.page.name for block in PYTHON} >= {"README.md", "index.md", "porting.md"}
-    assert len(PYTHON) >= 9
+    assert len(PYTHON) >= 6
     assert len(PERL_PAIRS) >= 1
     assert len(TABLE) >= 6
+
+
+def test_the_readme_fits_on_a_screen_or_two() -> None:
+    assert len((REPOSITORY / "README.md").read_bytes()) <= 12288
+
+
+def test_the_api_reference_names_every_public_name() -> None:
+    api = (REPOSITORY / "docs" / "api.md").read_text(encoding="utf-8")
+    assert [name for name in fdpass.__all__ if f":: fdpass.{name}\n" not in api] == []
+    for module in ("fdpass.aio", "fdpass.handoff", "fdpass.systemd"):  # each by its __all__
+        assert f".. automodule:: {module}\n   :members:\n" in api
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=block_id)
@@ -51,6 +67,44 @@ def test_every_block_is_run_or_is_no_program(block: Block) -> None:
     """An untagged block, or one in another language, would go unrun."""
     assert block.language in {"python", "perl", *NOT_RUN} or block.language.startswith("{"), \
         f"{block_id(block)}: a block tagged {block.language!r}"
+
+
+def test_every_example_is_included_in_a_page_never_copied() -> None:
+    assert {path.name for path in EXAMPLES} >= {
+        "parent_child.py", "prefork.py", "broker.py", "handoff_restart.py",
+        "systemd_activation.py"}
+    included = [name for page in DOC_PAGES for name in INCLUDED.findall(page.read_text())]
+    assert sorted(included) == [path.name for path in EXAMPLES]  # each once
+    for path in EXAMPLES:
+        body = path.read_text(encoding="utf-8").split('"""\n', 2)[-1].strip()
+        assert all(body not in block.code for block in BLOCKS), f"{path.name} is copied"
+
+
+@pytest.mark.parametrize("example", [
+    pytest.param(path, id=path.name, marks=[pytest.mark.skipif(
+        path.name == "broker.py" and os.geteuid() != 0,
+        reason="the broker example changes uid: it runs as root")])
+    for path in EXAMPLES])
+def test_example_runs(example: Path) -> None:
+    """Run as a user runs it, in a process of its own; any warning fails it
+    (the pre-fork ones fork: a thread of fdpass's would make Python warn)."""
+    done = subprocess.run([sys.executable, "-W", "error", str(example)], capture_output=True,
+                          text=True, timeout=120, cwd=PACKAGE_ROOT)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == expected_output(example.read_text(encoding="utf-8"))
+
+
+def test_ci_runs_the_readme_commands() -> None:
+    """Each of the README's commands is a line of .ci/run: CI runs what a
+    user is told to run."""
+    commands = [line for block in doc_blocks(REPOSITORY / "README.md")
+                if block.language == "sh" for line in block.code.splitlines()]
+    assert len(commands) == 3
+    run = REPOSITORY / ".ci" / "run"
+    if not run.exists():
+        pytest.skip("an sdist has no .ci/")
+    ci = run.read_text(encoding="utf-8").splitlines()
+    assert [command for command in commands if command not in ci] == []
 
 
 def marks(block: Block) -> list[pytest.MarkDecorator]:

@@ -431,8 +431,8 @@ def test_wait_times_out_and_goes_on_with_a_half_way_successor(
         thread.result()
 
 
-def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) -> None:
-    offer = handoff.Offer(path, listeners)
+def taken_half_way(path: str, offer: handoff.Offer) -> handoff.Takeover:
+    """A successor in this process that has the sockets and is not ready."""
     taking = Background(lambda: handoff.take(path, timeout=10))
     while True:
         try:
@@ -440,7 +440,13 @@ def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) 
         except TimeoutError:
             if taking._outcome:
                 break
-    takeover = taking.result()
+    takeover: handoff.Takeover = taking.result()
+    return takeover
+
+
+def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) -> None:
+    offer = handoff.Offer(path, listeners)
+    takeover = taken_half_way(path, offer)
     offer.close()  # the old process changed its mind
     with pytest.raises(ConnectionAbortedError, match="without confirming"):
         takeover.ready()
@@ -448,6 +454,22 @@ def test_ready_fails_when_the_offer_closes_first(path: str, listeners: Offered) 
         sock.close()
     with pytest.raises(ValueError, match="closed"):
         takeover.ready()
+
+
+def test_drop_peer_turns_a_half_way_successor_away_and_the_offer_goes_on(
+        path: str, listeners: Offered) -> None:
+    """As docs/restarts.md says of the public drop_peer()."""
+    with handoff.Offer(path, listeners) as offer:
+        takeover = taken_half_way(path, offer)
+        offer.drop_peer()
+        with pytest.raises(ConnectionError):
+            takeover.ready()
+        close_all_sockets(takeover)
+        takeover.close()
+        assert not offer.closed
+        follower = Background(lambda: take_and_close(path))
+        assert offer.wait(timeout=10).pid == peer_pid(os.getpid())
+        assert follower.result().keys() == listeners.keys()
 
 
 def test_take_times_out_on_an_offer_nobody_serves(path: str, listeners: Offered) -> None:

@@ -423,7 +423,8 @@ MACHINES: dict[str, type[ReceivePath]] = {
 
 @pytest.mark.parametrize("kind", sorted(MACHINES))
 def test_hostile_peer_against_every_receive_call(kind: str) -> None:
-    run_state_machine_as_test(
+    # Untyped in the hypothesis that pip picks for Python 3.9 (6.141).
+    run_state_machine_as_test(  # type: ignore[no-untyped-call, unused-ignore]
         MACHINES[kind], settings=settings(
             max_examples=100, stateful_step_count=40, deadline=None,
             # One bug at a time, unexplained: shrinking several, and explaining

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from fdpass import systemd
-from support import PACKAGE_ROOT, REPOSITORY, doc_blocks
+from support import PACKAGE_ROOT, REPOSITORY
 
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 # systemd-socket-activate gives its child a fresh environment: pass on what
@@ -347,18 +347,17 @@ def test_the_interpreters_the_interop_tests_use() -> None:
     assert done.returncode == 0, "Debian's python3-systemd is missing: " + done.stderr
 
 
-# -- the docs' descriptor-store recipe, against the real peers --------------
+# -- the docs' systemd example, against the real peers --------------
 
-RECIPE = next(block.code for block in doc_blocks(REPOSITORY / "docs" / "systemd.md")
-              if "systemd.store_fds(" in block.code)
+EXAMPLE = (REPOSITORY / "docs" / "examples" / "systemd_activation.py").read_text(encoding="utf-8")
 
 
 @pytest.mark.interop
-def test_the_docs_recipe_stores_its_listener_and_finds_it_after_a_restart(
+def test_the_systemd_example_stores_its_listener_and_finds_it_after_a_restart(
         notify_socket: tuple[socket.socket, str]) -> None:
     sock, value = notify_socket
     # First start: nothing passed; it binds, and stores the listener.
-    first = subprocess.run([sys.executable, "-c", RECIPE], capture_output=True, text=True,
+    first = subprocess.run([sys.executable, "-c", EXAMPLE], capture_output=True, text=True,
                            timeout=60, cwd=PACKAGE_ROOT, env=dict(os.environ, NOTIFY_SOCKET=value))
     assert (first.returncode, first.stdout) == (0, "serving on AF_INET\n"), first.stderr
     stored, ancillary, flags, _ = sock.recvmsg(4096, 256)
@@ -373,7 +372,7 @@ def test_the_docs_recipe_stores_its_listener_and_finds_it_after_a_restart(
     # Restart: the listener comes back by name (here from systemd-socket-activate).
     port = free_port()
     command = [ACTIVATE, "-l", f"127.0.0.1:{port}", "--fdname=http", *KEPT, "-E",
-               f"NOTIFY_SOCKET={value}", sys.executable, "-c", RECIPE]
+               f"NOTIFY_SOCKET={value}", sys.executable, "-c", EXAMPLE]
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           cwd=PACKAGE_ROOT) as activator:
         try:
