@@ -103,6 +103,7 @@ class Load:
         self.samples: list[tuple[float, float]] = []
         #: When each generation's tag was first answered.
         self.first_answer: dict[str, float] = {}
+        self.started = 0.0  # when start() was called
         self._stopping = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._failed: BaseException | None = None
