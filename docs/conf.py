@@ -61,6 +61,7 @@ ALIASES = {
     "_Path": "str | bytes | os.PathLike[str] | os.PathLike[bytes]",
     "Handler": "Callable[[AsyncFDChannel], Awaitable[object]]",
     "_T": "FDChannel",
+    "fdpass.handoff._D": "int | socket.socket",  # Item's descriptors, a TypeVar
 }
 # Names that are no class to link to: "any object with fileno()", "any
 # bytes-like object" (typeshed's protocols), and an enum the Python docs

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--workload", action="append", default=[], metavar="NAME",
                        help="run only this workload (may be repeated): stream, "
                             "stream-pinned, batch, ping-pong, ping-pong-pinned, "
-                            "convert-file or convert-socket")
+                            "convert-file, convert-socket or burst")
     bench.add_argument("--targets", action="store_true",
                        help="also say whether the project's own performance targets were met")
     bench.add_argument("--mechanism", action="append", default=[], metavar="NAME",

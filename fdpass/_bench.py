@@ -46,10 +46,18 @@ class Workload:
     reply: bool = False      # ping-pong: one byte back after each message
     pinned: bool = False     # both workers on one CPU
     convert: str = ""        # "file" or "socket": the receiver makes an object
+    burst: int = 0           # messages queued, then drained, then one byte back
+
+    @property
+    def reply_every(self) -> int:
+        """After how many messages the receiver writes one byte back (0: never)."""
+        return self.burst or int(self.reply)
 
     @property
     def what(self) -> str:
-        if self.reply:
+        if self.burst:
+            kind = f"bursts of {self.burst} one-descriptor messages, one byte back after each"
+        elif self.reply:
             kind = "one descriptor, one byte back"
         elif self.convert:
             kind = f"one descriptor per message, received as a {self.convert} object"
@@ -66,6 +74,7 @@ WORKLOADS = [
     Workload("ping-pong-pinned", 20_000, reply=True, pinned=True),
     Workload("convert-file", 20_000, convert="file"),
     Workload("convert-socket", 20_000, convert="socket"),
+    Workload("burst", 102_400, burst=64),
 ]
 
 
@@ -79,7 +88,7 @@ class Implementation:
         return ""
 
     def supports(self, w: Workload) -> bool:
-        return not w.convert
+        return not w.convert and not w.burst
 
     def start(self, role: str, w: Workload, messages: int, fds: dict[str, int]) -> int:
         """Fork a worker; its pid.  fds holds sock, ready, go (sender) or
@@ -116,11 +125,33 @@ class Implementation:
 class Floor(Implementation):
     name = "C floor (sendmsg/recvmsg loop)"
 
+    def supports(self, w: Workload) -> bool:
+        return not w.convert
+
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
-        _benchfloor.send(sock.fileno(), fd, messages, w.per_message, w.reply)
+        _benchfloor.send(sock.fileno(), fd, messages, w.per_message, w.reply_every)
 
     def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
-        _benchfloor.recv(sock.fileno(), messages, w.per_message, w.reply)
+        _benchfloor.recv(sock.fileno(), messages, w.per_message, w.reply_every)
+
+
+class FloorMmsg(Implementation):
+    """The burst's other floor: one sendmmsg a burst, recvmmsg until it is
+    drained, in C."""
+
+    name = "C recvmmsg/sendmmsg"
+
+    def available(self) -> str:
+        return "" if _benchfloor.HAVE_MMSG else "no recvmmsg/sendmmsg in this build"
+
+    def supports(self, w: Workload) -> bool:
+        return bool(w.burst)
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        _benchfloor.send_bursts(sock.fileno(), fd, messages // w.burst, w.burst)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        _benchfloor.recv_bursts(sock.fileno(), messages // w.burst, w.burst)
 
 
 class Channel(Implementation):
@@ -132,7 +163,12 @@ class Channel(Implementation):
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
         ch = fdpass.FDChannel(sock)  # the default: closefd (never closed here)
         s, read = sock.fileno(), os.read
-        if w.reply:
+        if w.burst:
+            send_many, burst = ch.send_many, [(b"\0", (fd,))] * w.burst
+            for _ in range(messages // w.burst):
+                send_many(burst)
+                read(s, 1)
+        elif w.reply:
             send_fd = ch.send_fd
             for _ in range(messages):
                 send_fd(fd)
@@ -153,6 +189,17 @@ class Channel(Implementation):
             convert = ch.recv_file if w.convert == "file" else ch.recv_socket
             for _ in range(messages):
                 convert().close()
+        elif w.burst:
+            recv_many, size = ch.recv_many, w.burst
+            for _ in range(messages // size):
+                got = 0
+                while got < size:
+                    batch = recv_many(size - got)
+                    got += len(batch)
+                    for _, fds in batch:
+                        for fd in fds:
+                            close(fd)
+                write(s, b"k")
         elif w.reply:
             recv_fd = ch.recv_fd
             for _ in range(messages):
@@ -169,11 +216,31 @@ class Channel(Implementation):
                     close(fd)
 
 
+class ByHand(Implementation):
+    """The converters' floor: receive the number, then open it as an
+    application without fdpass's converters would."""
+
+    name = "FDChannel.recv_fd, then open"
+
+    def supports(self, w: Workload) -> bool:
+        return bool(w.convert)
+
+    def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        send_fd = fdpass.FDChannel(sock).send_fd
+        for _ in range(messages):
+            send_fd(fd)
+
+    def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        recv_fd, make = fdpass.FDChannel(sock).recv_fd, PLAIN_CONVERSION[w.convert]
+        for _ in range(messages):
+            make(recv_fd()).close()
+
+
 class Functional(Implementation):
     name = "fdpass.send / fdpass.recv"
 
     def supports(self, w: Workload) -> bool:
-        return w.per_message == 1
+        return w.per_message == 1 and not w.burst
 
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
         s, send, read = sock.fileno(), fdpass.send, os.read
@@ -223,24 +290,24 @@ class Stdlib(Implementation):
 
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
         send_fds, read, s = socket.send_fds, os.read, sock.fileno()
-        data, fds = [b"\0"], [fd] * w.per_message
-        for _ in range(messages):
+        data, fds, every = [b"\0"], [fd] * w.per_message, w.reply_every
+        for i in range(1, messages + 1):
             send_fds(sock, data, fds)
-            if w.reply:
+            if every and i % every == 0:
                 read(s, 1)
 
     def recv(self, sock: socket.socket, messages: int, w: Workload) -> None:
         recv_fds, close, write, s = socket.recv_fds, os.close, os.write, sock.fileno()
-        per = w.per_message
+        per, every = w.per_message, w.reply_every
         make = PLAIN_CONVERSION.get(w.convert)
-        for _ in range(messages):
+        for i in range(1, messages + 1):
             fds = recv_fds(sock, 1, per)[1]
             if make is not None:
                 make(fds[0]).close()
                 continue
             for fd in fds:
                 close(fd)
-            if w.reply:
+            if every and i % every == 0:
                 write(s, b"k")
 
 
@@ -352,6 +419,34 @@ class AsyncChannelUvloop(AsyncChannel):
         return uvloop.new_event_loop()
 
 
+class AsyncFloor(AsyncChannel):
+    """The asyncio rows' floor: the loop's own one-byte ping-pong
+    (sock_sendall, sock_recv), no descriptor at all."""
+
+    name = "asyncio sock_recv/sendall (no fds)"
+
+    def supports(self, w: Workload) -> bool:
+        return w.reply
+
+    async def sender(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        for _ in range(messages):
+            await loop.sock_sendall(sock, b"\0")
+            await loop.sock_recv(sock, 1)
+
+    async def receiver(self, sock: socket.socket, messages: int, w: Workload) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        for _ in range(messages):
+            await loop.sock_recv(sock, 1)
+            await loop.sock_sendall(sock, b"k")
+
+
+class AsyncFloorUvloop(AsyncFloor, AsyncChannelUvloop):
+    name = "uvloop sock_recv/sendall (no fds)"
+
+
 class Anyio(AsyncChannel):
     """anyio's UNIX socket stream on the asyncio backend."""
 
@@ -425,7 +520,7 @@ class Perl(Implementation):
         return "" if check.returncode == 0 else "perl has no IO::FDPass"
 
     def supports(self, w: Workload) -> bool:
-        return w.per_message == 1 and w.convert in ("", "file")
+        return w.per_message == 1 and w.convert in ("", "file") and not w.burst
 
     def work(self, role: str, w: Workload, messages: int, fds: dict[str, int]) -> None:
         signal = fds["go"] if role == "send" else fds["done"]
@@ -439,8 +534,8 @@ class Perl(Implementation):
 
 
 IMPLEMENTATIONS: list[Implementation] = [
-    Floor(), Channel(), Functional(), Stdlib(), Raw(), Multiprocessing(), Perl(),
-    AsyncChannel(), AsyncChannelUvloop(), Anyio(),
+    Floor(), FloorMmsg(), Channel(), ByHand(), Functional(), Stdlib(), Raw(), Multiprocessing(),
+    Perl(), AsyncFloor(), AsyncChannel(), AsyncFloorUvloop(), AsyncChannelUvloop(), Anyio(),
 ]
 BASELINE = Stdlib.name
 FLOOR = Floor.name
@@ -574,7 +669,8 @@ class Result:
 
 def measure(w: Workload, impls: Sequence[Implementation], scale: float, repeats: int,
             progress: TextIO) -> list[Result]:
-    descriptors = max(w.per_message, int(w.descriptors * scale) // w.per_message * w.per_message)
+    unit = w.per_message * max(w.burst, 1)  # whole messages, and whole bursts
+    descriptors = max(unit, int(w.descriptors * scale) // unit * unit)
     messages = descriptors // w.per_message
     runnable = [impl for impl in impls if impl.supports(w)]
     samples: dict[str, list[float]] = {impl.name: [] for impl in runnable}
@@ -647,7 +743,15 @@ TARGETS = [
     for target in (Target(stream, Channel.name, FLOOR, 1.15),
                    Target(stream, Channel.name, BASELINE, 1.6, speedup=True),
                    Target(stream, Functional.name, Channel.name, 1.1))
-] + [Target("batch", Channel.name, FLOOR, 1.15)]
+] + [Target("batch", Channel.name, FLOOR, 1.15),
+      Target("ping-pong-pinned", Channel.name, FLOOR, 1.10),
+      Target("ping-pong-pinned", Channel.name, Perl.name, 1.0),
+      Target("convert-file", Channel.name, ByHand.name, 1.05),
+      Target("convert-socket", Channel.name, ByHand.name, 1.05),
+      *(Target(pp, channel.name, floor.name, 1.15)
+        for pp in ("ping-pong", "ping-pong-pinned")
+        for channel, floor in ((AsyncChannel, AsyncFloor), (AsyncChannelUvloop, AsyncFloorUvloop))),
+      Target("burst", Channel.name, FLOOR, 1.3, speedup=True)]
 
 
 def target_lines(results: Sequence[Result]) -> list[str]:
@@ -663,12 +767,12 @@ def table(results: Sequence[Result], workloads: Sequence[Workload], repeats: int
             continue
         out.append(f"{w.name}: {rows[0].descriptors:,} descriptors, {w.what}; "
                    f"median of {repeats}")
-        out.append(f"  {'implementation':<32} {'us/fd':>8} {'fd/s':>11} {'vs floor':>9} "
+        out.append(f"  {'implementation':<36} {'us/fd':>8} {'fd/s':>11} {'vs floor':>9} "
                    f"{'vs stdlib':>10}")
         for r in rows:
             floor = f"{r.vs_floor:.2f}x" if r.vs_floor is not None else "-"
             stdlib = f"{r.speedup_vs_stdlib:.2f}x" if r.speedup_vs_stdlib is not None else "-"
-            out.append(f"  {r.implementation:<32} {r.us_per_fd:>8.3f} "
+            out.append(f"  {r.implementation:<36} {r.us_per_fd:>8.3f} "
                        f"{r.fds_per_second:>11,.0f} {floor:>9} {stdlib:>10}")
         out.append("")
     return "\n".join(out)

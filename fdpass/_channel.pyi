@@ -1,7 +1,7 @@
 import io
 import os
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import IO, Any, BinaryIO, Literal, Protocol, TypeVar, Union, overload
 
 from _typeshed import (
@@ -25,6 +25,7 @@ _T = TypeVar("_T", bound=FDChannel)
 _W = TypeVar("_W")
 
 MAX_FDS: int
+MAX_BATCH: int
 REFUSAL_ENV: str
 
 def refusal_forced_to_close() -> bool: ...
@@ -66,6 +67,12 @@ class FDChannel:
     def recv_fd(self) -> int: ...
     def recv_fds(self, maxfds: int = ...) -> list[int]: ...
     def recv_message(self, bufsize: int, maxfds: int = ...) -> tuple[bytes, list[int]]: ...
+    def recv_many(
+        self, max_messages: int, bufsize: int = 1, maxfds: int = ...
+    ) -> list[tuple[bytes, list[int]]]: ...
+    def send_many(
+        self, messages: Iterable[tuple[ReadableBuffer, Sequence[_FileDescriptorLike]]]
+    ) -> None: ...
     def recv_message_from(
         self, bufsize: int, maxfds: int = ...
     ) -> tuple[bytes, list[int], Sender]: ...

@@ -3,24 +3,26 @@ standard socket module's timeout rules."""
 
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.errno cimport (
     EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
 )
 from libc.math cimport isnan
+from libc.string cimport memset
 from posix.fcntl cimport F_GETFD, F_GETFL, F_SETFD, FD_CLOEXEC, O_NONBLOCK, fcntl
 from posix.unistd cimport close
 
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
-    RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Guard, Received, Sender, as_fd, defuse_queue, discard_fds,
-    discard_received, raise_os_error, raise_recv_status, raise_send_error, recv_message_into,
-    send_message, unix_socket_type,
+    FDPASS_ECLOSED, RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Batch, Guard, Received, Sender, as_fd,
+    defuse_queue, discard_fds, discard_received, raise_os_error, raise_recv_status,
+    raise_send_error, recv_message_into, recv_messages, send_message, send_messages,
+    unix_socket_type,
 )
 from fdpass._posix cimport (
-    FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
+    FDPASS_MAX_BATCH, FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
     FDPASS_SO_PEERPIDFD, MSG_DONTWAIT, MSG_TRUNC, SHUT_RDWR, SOCK_DGRAM, SOCK_SEQPACKET,
     SOCK_STREAM, SOL_SOCKET, fdpass_nosigpipe, fdpass_peer_credentials, fdpass_socket_fd,
     fdpass_socket_fd_field, fdpass_socket_timeout, getpeername, getsockopt, setsockopt, shutdown, sockaddr,
@@ -36,6 +38,8 @@ from fdpass._credentials import Sender as SenderTuple
 from fdpass._errors import ProtocolError
 
 MAX_FDS = FDPASS_MAX_FDS
+#: The most messages one recv_many takes.
+MAX_BATCH = FDPASS_MAX_BATCH
 
 
 cdef double timeout_value(object value) except? -2.0:
@@ -164,6 +168,7 @@ Sends and receives open descriptors over an AF_UNIX socket
     cdef int _stop           # close() came while calls waited: they wake and raise
     cdef int _held           # the descriptor to close when the last waiting call leaves
     cdef Guard _guard        # what a waiting call checks: _stop, and the wrapped socket's number
+    cdef list _backlog       # what a recv_many received past a failed message, for the next
 
     def __cinit__(self):
         self._fd = -1
@@ -222,6 +227,7 @@ Sends and receives open descriptors over an AF_UNIX socket
 
     def __dealloc__(self):
         cdef int fd = self._fd
+        self._drop_backlog()
         if fd >= 0 and self._closefd and self._kind == OWNER_NUMBER:
             with nogil:
                 close(fd)
@@ -337,9 +343,20 @@ Sends and receives open descriptors over an AF_UNIX socket
             raise_send_error(err, sock, fds, nfds, sent, self._type, self._connected)
         return 0
 
+    cdef int _drop_backlog(self) except -1:
+        """Discard the descriptors of messages no call will return now."""
+        backlog, self._backlog = self._backlog, None
+        if backlog:
+            for item in backlog:
+                if type(item) is tuple:
+                    discard_all_of(item[1])
+        return 0
+
     cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
                    int maxfds, int flags, Received *r, Sender *sender) except -1:
         cdef int err = 0
+        if self._backlog is not None:
+            backlogged()
         if recv_message_into(sock, buf, buflen, fds, maxfds, flags | self._wait_flags(timeout),
                              timeout, &self._guard, r, sender, &err) < 0:
             raise_os_error(err, None)
@@ -366,6 +383,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         shut down first) and raise ValueError; the socket is closed when
         the last of them has left, so none touches a number reused since."""
         cdef int fd = self._fd
+        self._drop_backlog()
         if fd < 0:
             return
         self._fd = -1
@@ -559,12 +577,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                 try:
                     if r.status != RECV_OK and not (r.status == RECV_EMPTY
                                                     and self._type == SOCK_DGRAM):
-                        if self._refuse and r.status != RECV_TRUNCATED and r.status != RECV_EMPTY:
-                            raise ProtocolError(EBADMSG, (
-                                "this channel refuses descriptors (refuse_fds=True): "
-                                f"the message carried some ({r.total} received), and they "
-                                "are closed in the background"))
-                        raise_recv_status(&r, <int>maxfds, self._type)
+                        self._raise_status(&r, <int>maxfds)
                     data = PyBytes_FromStringAndSize(buf, r.nbytes)
                     received = [fds[i] for i in range(r.nfds)]
                     if not from_sender:
@@ -579,6 +592,178 @@ Sends and receives open descriptors over an AF_UNIX socket
                 PyMem_Free(buf)
         finally:
             self._end()
+
+    def recv_many(self, Py_ssize_t max_messages, Py_ssize_t bufsize=1,
+                  Py_ssize_t maxfds=FDPASS_MAX_FDS):
+        """Receive 1..max_messages messages, in one system call where the
+        platform has recvmmsg: a list of (payload, descriptors) as
+        recv_message returns them, waiting (as the timeout says) for the
+        first only.  When message k cannot be returned, the k before it
+        are, and the next recv_many raises k's error (as recvmmsg(2) has
+        it), then returns the messages after it."""
+        cdef double timeout
+        cdef int sock, err = 0
+        cdef int *fds
+        cdef char *bufs
+        cdef Received *outs
+        cdef Py_ssize_t i, count = 0
+        cdef int taken = 0 if self._refuse else <int>maxfds
+        if not 1 <= max_messages <= FDPASS_MAX_BATCH:
+            raise ValueError(f"max_messages must be within 1..{FDPASS_MAX_BATCH}, "
+                             f"got {max_messages}")
+        if bufsize < 1:
+            raise ValueError(f"bufsize must be at least 1, got {bufsize}")
+        check_maxfds(maxfds)
+        if self._backlog is not None:
+            return self._from_backlog(max_messages)
+        sock = self._begin(&timeout)
+        try:
+            bufs = <char *>PyMem_Malloc(max_messages * (bufsize + sizeof(Received)
+                                                        + maxfds * sizeof(int)))
+            if bufs == NULL:
+                raise MemoryError(f"cannot allocate room for {max_messages} messages")
+            try:
+                outs = <Received *>(bufs + max_messages * bufsize)
+                fds = <int *>(outs + max_messages)
+                count = recv_messages(sock, bufs, bufsize, fds, taken,
+                                      max_messages,
+                                      (0 if self._type == SOCK_STREAM else MSG_TRUNC)
+                                      | self._wait_flags(timeout),
+                                      timeout, &self._guard, outs, &err)
+                if count < 0:
+                    raise_os_error(err, None)
+                try:
+                    items = []
+                    for i in range(count):
+                        if outs[i].status == RECV_OK or (outs[i].status == RECV_EMPTY
+                                                         and self._type == SOCK_DGRAM):
+                            items.append((PyBytes_FromStringAndSize(bufs + i * bufsize,
+                                                                    outs[i].nbytes),
+                                          [fds[i * taken + j] for j in range(outs[i].nfds)]))
+                            continue
+                        try:
+                            self._raise_status(&outs[i], <int>maxfds)
+                        except Exception as error:
+                            items.append(error)
+                        if outs[i].status == RECV_EMPTY and self._type == SOCK_STREAM:
+                            break  # end of stream: the rest are the same
+                except BaseException:
+                    for i in range(count):
+                        discard_fds(fds + i * taken, outs[i].nfds)
+                    raise
+            finally:
+                PyMem_Free(bufs)
+        finally:
+            self._end()
+        self._backlog = items
+        return self._from_backlog(max_messages)
+
+    cdef list _from_backlog(self, Py_ssize_t max_messages):
+        """The messages received before the first error in the backlog, or
+        that error raised; the rest stay for the next call."""
+        cdef Py_ssize_t n = 0
+        backlog = self._backlog
+        if isinstance(backlog[0], BaseException):
+            error = backlog.pop(0)
+            if not backlog:
+                self._backlog = None
+            raise error
+        while n < len(backlog) and n < max_messages and type(backlog[n]) is tuple:
+            n += 1
+        result = backlog[:n]
+        del backlog[:n]
+        if not backlog:
+            self._backlog = None
+        return result
+
+    cdef int _raise_status(self, const Received *r, int maxfds) except -1:
+        """The error for a message recv_message cannot return."""
+        if self._refuse and r.status != RECV_TRUNCATED and r.status != RECV_EMPTY:
+            raise ProtocolError(EBADMSG, (
+                "this channel refuses descriptors (refuse_fds=True): "
+                f"the message carried some ({r.total} received), and they "
+                "are closed in the background"))
+        raise_recv_status(r, maxfds, self._type)
+
+    def send_many(self, messages):
+        """Send every (payload, descriptors) of messages, in order, in one
+        system call where the platform has sendmmsg; each payload at least
+        one byte, each message's descriptors a sequence of at most MAX_FDS
+        (none is fine).  Returns when all went; an error names in
+        .messages_sent how many went whole before it."""
+        cdef double timeout
+        cdef int sock, err = 0
+        cdef Batch batch
+        cdef size_t sent = 0
+        cdef Py_ssize_t i, j, k, n, total = 0
+        cdef Py_buffer *buffers
+        cdef char *block
+        cdef int *fds
+        # A tuple holds its items for the call, whatever another thread does
+        # to the caller's list while a send waits without the GIL.
+        items = messages if type(messages) is tuple else tuple(messages)
+        n = len(items)
+        if n == 0:
+            return
+        for i in range(n):
+            data, fs = items[i]
+            k = len(fs)
+            if k > FDPASS_MAX_FDS:
+                raise ValueError(f"at most {FDPASS_MAX_FDS} descriptors fit in one message, "
+                                 f"got {k} in message {i}")
+            total += k
+        block = <char *>PyMem_Malloc(n * (sizeof(Py_buffer) + sizeof(char *) + sizeof(size_t)
+                                          + sizeof(int)) + total * sizeof(int))
+        if block == NULL:
+            raise MemoryError(f"cannot allocate room for {n} messages")
+        buffers = <Py_buffer *>block
+        batch.data = <const char **>(buffers + n)
+        batch.lengths = <size_t *>(batch.data + n)
+        batch.nfds = <int *>(batch.lengths + n)
+        fds = <int *>(batch.nfds + n)
+        batch.fds = fds
+        batch.count = n
+        batch.atomic = self._type != SOCK_STREAM
+        memset(buffers, 0, n * sizeof(Py_buffer))  # PyBuffer_Release skips a view never taken
+        try:
+            total = 0
+            for i in range(n):
+                item = items[i]
+                data, fs = item
+                k = len(fs)
+                for j in range(k):
+                    fds[total + j] = as_fd(fs[j])
+                (<int *>batch.nfds)[i] = <int>k
+                total += k
+                if type(data) is bytes and type(item) is tuple:  # held by items: no view
+                    batch.data[i] = PyBytes_AS_STRING(data)
+                    (<size_t *>batch.lengths)[i] = PyBytes_GET_SIZE(data)
+                else:
+                    PyObject_GetBuffer(data, &buffers[i], PyBUF_SIMPLE)
+                    batch.data[i] = <const char *>buffers[i].buf
+                    (<size_t *>batch.lengths)[i] = buffers[i].len
+                if batch.lengths[i] == 0:
+                    raise ValueError(f"message {i}'s payload is empty: every message "
+                                     "needs at least one byte")
+            sock = self._begin(&timeout)
+            try:
+                if send_messages(sock, &batch, self._wait_flags(timeout), timeout,
+                                 &self._guard, &err, &sent) < 0:
+                    total = 0
+                    for i in range(batch.done):
+                        total += batch.nfds[i]
+                    try:
+                        raise_send_error(err, sock, fds + total, batch.nfds[batch.done],
+                                         sent, self._type, self._connected)
+                    except BaseException as error:
+                        error.messages_sent = batch.done
+                        raise
+            finally:
+                self._end()
+        finally:
+            for i in range(n):
+                PyBuffer_Release(&buffers[i])
+            PyMem_Free(block)
 
     def peer_pidfd(self):
         """A new pidfd for the connected peer (SO_PEERPIDFD, Linux >= 6.5),
@@ -619,6 +804,19 @@ cdef int check_attested(const Sender *sender, int total) except -1:
         raise ProtocolError(EBADMSG, (
             "the kernel could not name this message's sender (pid 0): it was queued "
             "before SO_PASSCRED took effect, or sent from outside this pid namespace"))
+    return 0
+
+
+cdef int backlogged() except -1:
+    raise ValueError("recv_many holds messages it received past a failed one, in order: "
+                     "take them with recv_many before any other receive")
+
+
+cdef int discard_all_of(list fds) except -1:
+    cdef int fd
+    for number in fds:
+        fd = number
+        discard_fds(&fd, 1)
     return 0
 
 

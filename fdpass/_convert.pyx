@@ -11,6 +11,7 @@ from fdpass._posix cimport FDPASS_O_PATH
 
 import codecs
 import socket as _socket
+import sys
 
 cdef frozenset MODE_CHARS = frozenset("rwaxbt+")
 cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
@@ -19,8 +20,12 @@ cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
 cdef int check_open_args(object mode, object buffering, object encoding, object errors,
                          object newline) except -1:
     """open()'s own checks of what needs no descriptor, made before a
-    message is received, so that a mistake consumes nothing."""
+    message is received, so that a mistake consumes nothing.  open()'s
+    defaults need no check: recv_file() pays none."""
     cdef bint text = False
+    if (mode is None and encoding is None and errors is None and newline is None
+            and type(buffering) is int):
+        return 0
     for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
                         ("newline", newline)):
         if value is not None and not isinstance(value, str):
@@ -46,7 +51,9 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         raise ValueError("can't have unbuffered text I/O (buffering=0 in text mode)")
     if newline not in NEWLINES:
         raise ValueError(f"illegal newline value: {newline!r}")
-    if encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
+    if encoding == "locale" and sys.version_info >= (3, 10):
+        pass  # open()'s name for the locale's encoding (PEP 597)
+    elif encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
         raise LookupError(f"{encoding!r} is not a text encoding")
     return 0
 
@@ -100,7 +107,8 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
     cdef _HandOver opener = _HandOver()
     opener.fd = fd
     try:
-        f = open("<received descriptor>", file_mode(fd, mode), buffering,
+        # A bytes name: open() passes it on as it is, where a str is encoded.
+        f = open(b"<received descriptor>", file_mode(fd, mode), buffering,
                  encoding, errors, newline, opener=opener)
     except BaseException:
         if not opener.taken:

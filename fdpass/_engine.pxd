@@ -34,12 +34,27 @@ cdef struct Sender:
     int pidfd          # from SCM_PIDFD, the caller's once received; else -1
     int pidfd_error    # the errno SCM_PIDFD held instead (EMFILE: no slot for it); else 0
 
+cdef struct Batch:
+    # Messages for send_messages, in order.
+    Py_ssize_t count
+    const int *fds          # every message's descriptors, one message's after another's
+    const int *nfds         # how many each message has
+    const char **data       # each message's payload (at least one byte)
+    const size_t *lengths
+    bint atomic             # records (datagram, seqpacket), which no send splits
+    Py_ssize_t done         # set: the messages that went whole
+
 cdef int as_fd(object f) except -1
 cdef int unix_socket_type(int fd, int *family, int *err) noexcept nogil
 cdef int check_unix_socket(int fd, int *family, int *err) noexcept nogil
 cdef int send_message(int sock, const int *fds, int nfds, const char *data,
                       size_t length, int flags, double timeout, const Guard *guard,
                       int *err, size_t *sent) except -2
+cdef int send_messages(int sock, Batch *batch, int flags, double timeout,
+                       const Guard *guard, int *err, size_t *sent) except -2
+cdef Py_ssize_t recv_messages(int sock, char *bufs, size_t buflen, int *fds, int maxfds,
+                              Py_ssize_t count, int flags, double timeout, const Guard *guard,
+                              Received *outs, int *err) except -2
 cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int maxfds,
                            int flags, double timeout, const Guard *guard, Received *out,
                            Sender *sender, int *err) except -2

@@ -7,9 +7,11 @@ CLOEXEC_METHOD: str
 NOSIGPIPE_METHOD: str
 FAMILY_METHOD: str
 CREDENTIALS_METHOD: str
+BATCH_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
 CLOSERS: int
+FORK_GRACE: float
 
 def discard(f: int | socket.socket, *, own: bool = False) -> None: ...
 def discard_all(fds: list[int]) -> None: ...

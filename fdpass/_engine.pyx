@@ -9,6 +9,7 @@ from libc.errno cimport (
     ETIMEDOUT, errno,
 )
 from libc.limits cimport INT_MAX
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset, strerror
 from posix.fcntl cimport F_GETFD, F_SETFD, FD_CLOEXEC, fcntl
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
@@ -21,7 +22,8 @@ from fdpass._posix cimport (
     FDPASS_MSG_NOSIGNAL, FDPASS_NOSIGPIPE_METHOD, FDPASS_PORTABLE_BUILD, FDPASS_SCM_PIDFD,
     FDPASS_SIGPIPE_GUARD, FDPASS_SO_DOMAIN, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT,
     MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
-    cmsghdr, fdpass_control_t, fdpass_read_credentials, fdpass_sigpipe_block,
+    FDPASS_HAVE_MMSG, FDPASS_MAX_BATCH, cmsghdr, fdpass_control_t, fdpass_mmsghdr,
+    fdpass_read_credentials, fdpass_recv_call, fdpass_send_call, fdpass_sigpipe_block,
     fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd,
     recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
@@ -170,8 +172,11 @@ cdef double deadline_for(double timeout) noexcept nogil:
     return monotonic() + timeout if timeout > 0 else 0.0
 
 
-cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) noexcept nogil:
-    return sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
+cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, fdpass_mmsghdr *many,
+                               unsigned int vlen, int flags) noexcept nogil:
+    if writing:
+        return fdpass_send_call(sock, msg, many, vlen, flags)
+    return fdpass_recv_call(sock, msg, many, vlen, flags)
 
 
 cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
@@ -198,10 +203,11 @@ cdef inline bint tripped(const Guard *guard, int sock) noexcept nogil:
                                                      and guard.owner_fd[0] != sock))
 
 
-cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
-                         double timeout, double deadline, const Guard *guard,
-                         int *err) except -2:
-    """sendmsg/recvmsg in the PEP 475 loop.  The first try is non-blocking.
+cdef inline Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, fdpass_mmsghdr *many,
+                                unsigned int vlen, int flags, double timeout, double deadline,
+                                const Guard *guard, int *err) except -2:
+    """sendmsg/recvmsg in the PEP 475 loop (with many, sendmmsg/recvmmsg
+    of up to vlen messages: the count).  The first try is non-blocking.
     A send's keeps the GIL (it cannot wait, and releasing the GIL costs more
     than the call); a receive's releases it, because the kernel discards
     what this process cannot install (at RLIMIT_NOFILE), and the last close
@@ -220,22 +226,22 @@ cdef Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, int flags,
     cdef int saved, ready
     while True:
         if FDPASS_HAVE_MSG_DONTWAIT and writing:
-            n = sendmsg(sock, msg, flags | MSG_DONTWAIT)
+            n = fdpass_send_call(sock, msg, many, vlen, flags | MSG_DONTWAIT)
             saved = errno
             if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
                 with nogil:
-                    n = sendmsg(sock, msg, flags)
+                    n = fdpass_send_call(sock, msg, many, vlen, flags)
                     saved = errno
         elif FDPASS_HAVE_MSG_DONTWAIT:
             with nogil:
-                n = recvmsg(sock, msg, flags | MSG_DONTWAIT)
+                n = fdpass_recv_call(sock, msg, many, vlen, flags | MSG_DONTWAIT)
                 saved = errno
                 if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
-                    n = recvmsg(sock, msg, flags)
+                    n = fdpass_recv_call(sock, msg, many, vlen, flags)
                     saved = errno
         else:
             with nogil:
-                n = raw_call(writing, sock, msg, flags)
+                n = raw_call(writing, sock, msg, many, vlen, flags)
                 saved = errno
         if n >= 0:
             return n
@@ -271,21 +277,120 @@ cdef int send_message(int sock, const int *fds, int nfds, const char *data,
     or else (FDPASS_SIGPIPE_GUARD) SIGPIPE blocked in this thread around
     the whole send, and the one it raised taken.  A build without the
     guard compiles to the plain send_all call."""
+    cdef Batch one
+    if not FDPASS_SIGPIPE_GUARD:
+        return send_all(sock, fds, nfds, data, length, flags, timeout, deadline_for(timeout),
+                        guard, err, sent)
+    one.count = 1
+    one.fds = fds
+    one.nfds = &nfds
+    one.data = &data
+    one.lengths = &length
+    one.atomic = False
+    return send_messages(sock, &one, flags, timeout, guard, err, sent)
+
+
+cdef int send_messages(int sock, Batch *batch, int flags, double timeout,
+                       const Guard *guard, int *err, size_t *sent) except -2:
+    """Send every message of batch, in order, within one deadline, each as
+    send_message sends one: 0, or -1 with err, batch.done (the messages that
+    went whole) and sent (the bytes of the next one that went)."""
     cdef fdpass_sigpipe_t sigpipe
     cdef int rc = 0
     if not FDPASS_SIGPIPE_GUARD:
-        return send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
+        return send_batch(sock, batch, flags, timeout, guard, err, sent)
     fdpass_sigpipe_block(&sigpipe)
     try:
-        rc = send_all(sock, fds, nfds, data, length, flags, timeout, guard, err, sent)
+        rc = send_batch(sock, batch, flags, timeout, guard, err, sent)
     finally:
         fdpass_sigpipe_restore(&sigpipe, rc < 0 and err[0] == EPIPE)
     return rc
 
 
+cdef inline size_t fill_rights(msghdr *msg, unsigned char *control, const int *fds,
+                               int nfds) noexcept nogil:
+    """msg's control buffer: fds in one SCM_RIGHTS message of exactly
+    CMSG_SPACE(nfds ints), as FreeBSD requires, or none without fds.  Its size."""
+    cdef cmsghdr *cmsg
+    cdef size_t fdbytes = nfds * sizeof(int)
+    if nfds == 0:
+        msg.msg_control = NULL
+        msg.msg_controllen = 0
+        return 0
+    memset(control, 0, CMSG_SPACE(fdbytes))
+    msg.msg_control = control
+    msg.msg_controllen = CMSG_SPACE(fdbytes)
+    cmsg = CMSG_FIRSTHDR(msg)
+    cmsg.cmsg_level = SOL_SOCKET
+    cmsg.cmsg_type = SCM_RIGHTS
+    cmsg.cmsg_len = CMSG_LEN(fdbytes)
+    memcpy(CMSG_DATA(cmsg), fds, fdbytes)
+    return CMSG_SPACE(fdbytes)
+
+
+cdef int send_batch(int sock, Batch *batch, int flags, double timeout,
+                    const Guard *guard, int *err, size_t *sent) except -2:
+    """sendmmsg where the platform has it and the batch cannot be split
+    (records, or one-byte messages on a stream: a stream's sendmmsg could
+    send part of one message and then the next); else send_all per message."""
+    cdef double deadline = deadline_for(timeout)
+    cdef fdpass_mmsghdr *many
+    cdef iovec *iovs
+    cdef unsigned char *control
+    cdef size_t space = 0
+    cdef Py_ssize_t i, n, offset = 0, count = batch.count
+    cdef bint whole = True
+    batch.done = 0
+    sent[0] = 0
+    for i in range(count):
+        if batch.lengths[i] != 1 and not batch.atomic:
+            whole = False
+        space += CMSG_SPACE(batch.nfds[i] * sizeof(int))
+    if not FDPASS_HAVE_MMSG or count < 2 or not whole:
+        for i in range(count):
+            if send_all(sock, batch.fds + offset, batch.nfds[i], batch.data[i],
+                        batch.lengths[i], flags, timeout, deadline, guard, err, sent) < 0:
+                return -1
+            offset += batch.nfds[i]
+            batch.done += 1
+            sent[0] = 0
+            if batch.done < count and tripped(guard, sock):
+                err[0] = FDPASS_ECLOSED
+                return -1
+        return 0
+    many = <fdpass_mmsghdr *>malloc(count * (sizeof(fdpass_mmsghdr) + sizeof(iovec)) + space)
+    if many == NULL:
+        raise MemoryError(f"cannot allocate a batch of {count} messages")
+    try:
+        iovs = <iovec *>(many + count)
+        control = <unsigned char *>(iovs + count)
+        memset(many, 0, count * sizeof(fdpass_mmsghdr))
+        for i in range(count):
+            iovs[i].iov_base = <void *>batch.data[i]
+            iovs[i].iov_len = batch.lengths[i]
+            many[i].msg_hdr.msg_iov = &iovs[i]
+            many[i].msg_hdr.msg_iovlen = 1
+            control += fill_rights(&many[i].msg_hdr, control, batch.fds + offset,
+                                   batch.nfds[i])
+            offset += batch.nfds[i]
+        while batch.done < count:
+            n = msg_call(True, sock, NULL, many + batch.done,
+                         <unsigned int>min(count - batch.done, FDPASS_MAX_BATCH),
+                         flags | FDPASS_MSG_NOSIGNAL, timeout, deadline, guard, err)
+            if n < 0:
+                return -1
+            batch.done += n
+            if batch.done < count and tripped(guard, sock):
+                err[0] = FDPASS_ECLOSED
+                return -1
+        return 0
+    finally:
+        free(many)
+
+
 cdef int send_all(int sock, const int *fds, int nfds, const char *data,
-                  size_t length, int flags, double timeout, const Guard *guard,
-                  int *err, size_t *sent) except -2:
+                  size_t length, int flags, double timeout, double deadline,
+                  const Guard *guard, int *err, size_t *sent) except -2:
     """send_message's sendmsg loop: the descriptors go with the first
     byte, in a control buffer of exactly CMSG_SPACE(nfds ints), as FreeBSD
     requires; later parts of a stream's payload go with no control buffer
@@ -293,27 +398,17 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
     cdef fdpass_control_t control
     cdef msghdr msg
     cdef iovec iov
-    cdef cmsghdr *cmsg
     cdef Py_ssize_t n
-    cdef size_t fdbytes = nfds * sizeof(int)
-    cdef double deadline = deadline_for(timeout)
     memset(&msg, 0, sizeof(msg))
-    memset(control.buf, 0, CMSG_SPACE(fdbytes))
     iov.iov_base = <void *>data
     iov.iov_len = length
     msg.msg_iov = &iov
     msg.msg_iovlen = 1
-    msg.msg_control = control.buf
-    msg.msg_controllen = CMSG_SPACE(fdbytes)
-    cmsg = CMSG_FIRSTHDR(&msg)
-    cmsg.cmsg_level = SOL_SOCKET
-    cmsg.cmsg_type = SCM_RIGHTS
-    cmsg.cmsg_len = CMSG_LEN(fdbytes)
-    memcpy(CMSG_DATA(cmsg), fds, fdbytes)
+    fill_rights(&msg, control.buf, fds, nfds)
     flags |= FDPASS_MSG_NOSIGNAL
     sent[0] = 0
     while True:
-        n = msg_call(True, sock, &msg, flags, timeout, deadline, guard, err)
+        n = msg_call(True, sock, &msg, NULL, 0, flags, timeout, deadline, guard, err)
         if n < 0:
             return -1
         # A stream socket may take part of a long payload: the descriptors
@@ -372,21 +467,31 @@ def discard_all(fds):
         discard(fds.pop())
 
 
+#: Seconds wait_for_discards waits at a time between checks for signals.
+cdef double WAIT_SLICE = 0.1
+
+
 def wait_for_discards(timeout=None):
     """Wait until every descriptor fdpass discarded so far is closed, and
     its closing threads are gone; True then, False when timeout seconds
     (None: no limit) passed first.  Discards are closed in the background;
     this is for code that counts its descriptors or threads (a leak check,
     a fork that follows)."""
-    cdef double seconds = -1.0
-    cdef int idle
+    cdef double seconds = -1.0, deadline = 0.0, step
+    cdef int idle = 0
     if timeout is not None:
         seconds = timeout
         if not seconds >= 0:
             raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
-    with nogil:
-        idle = fdpass_discards_wait(seconds)
-    return bool(idle)
+        deadline = monotonic() + seconds
+    while True:
+        # In slices, so that a signal handler (Ctrl-C) runs while a close blocks.
+        step = WAIT_SLICE if seconds < 0 else min(WAIT_SLICE, deadline - monotonic())
+        with nogil:
+            idle = fdpass_discards_wait(step if step > 0 else 0.0)
+        if idle or (seconds >= 0 and monotonic() >= deadline):
+            return bool(idle)
+        PyErr_CheckSignals()
 
 
 def closer_state():
@@ -525,12 +630,9 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     with err (the guard tripped: FDPASS_ECLOSED, and the message's
     descriptors discarded)."""
     cdef fdpass_control_t control
-    cdef int extra[FDPASS_CONTROL_INTS]
-    cdef int nextra = 0
     cdef msghdr msg
     cdef iovec iov
     cdef Py_ssize_t n
-    cdef size_t other_space = 0, room
     memset(&msg, 0, sizeof(msg))
     iov.iov_base = buf
     iov.iov_len = buflen
@@ -543,12 +645,23 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
     out.buflen = buflen
     if sender != NULL:
         init_sender(sender)
-    n = msg_call(False, sock, &msg, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
+    n = msg_call(False, sock, &msg, NULL, 0, flags | FDPASS_MSG_CMSG_CLOEXEC, timeout,
                  deadline_for(timeout), guard, err)
     if n < 0:
         return -1
+    return finish_received(sock, &msg, n, fds, maxfds, flags, guard, out, sender, err)
+
+
+cdef inline int finish_received(int sock, msghdr *msg, Py_ssize_t n, int *fds, int maxfds,
+                                int flags, const Guard *guard, Received *out, Sender *sender,
+                                int *err) noexcept nogil:
+    """What one received message came with, walked (take_fds) and judged:
+    recv_message_into's return, for a message of n bytes in msg."""
+    cdef int extra[FDPASS_CONTROL_INTS]
+    cdef int nextra = 0
+    cdef size_t other_space = 0, room
     out.nbytes = n
-    out.nfds = take_fds(&msg, fds, maxfds, extra, &nextra, &out.total, &other_space, sender)
+    out.nfds = take_fds(msg, fds, maxfds, extra, &nextra, &out.total, &other_space, sender)
     discard_fds(extra, nextra)
     if tripped(guard, sock):
         discard_received(fds, out, sender)
@@ -572,6 +685,72 @@ cdef int recv_message_into(int sock, void *buf, size_t buflen, int *fds, int max
         return 0
     discard_received(fds, out, sender)
     return 0
+
+
+cdef Py_ssize_t recv_messages(int sock, char *bufs, size_t buflen, int *fds, int maxfds,
+                              Py_ssize_t count, int flags, double timeout, const Guard *guard,
+                              Received *outs, int *err) except -2:
+    """Up to count messages, as recv_message_into receives one (message i
+    into bufs + i * buflen, its descriptors into fds + i * maxfds, its
+    status in outs[i]), waiting as it does for the first only: one
+    recvmmsg where the platform has it, else recvmsg until one would
+    block.  How many came (at least 1), or -1 with err, nothing kept."""
+    cdef fdpass_mmsghdr *many
+    cdef iovec *iovs
+    cdef fdpass_control_t *controls
+    cdef Py_ssize_t i, n, got = 0
+    cdef int rc = 0
+    if not FDPASS_HAVE_MMSG or count == 1:
+        while got < count:
+            if recv_message_into(sock, bufs + got * buflen, buflen, fds + got * maxfds, maxfds,
+                                 flags if got == 0 else flags | MSG_DONTWAIT,
+                                 timeout if got == 0 else 0.0, guard, &outs[got], NULL,
+                                 err) < 0:
+                if got == 0 or err[0] != FDPASS_ECLOSED:
+                    break  # an error after the first is the next call's to raise
+                for i in range(got):
+                    discard_received(fds + i * maxfds, &outs[i], NULL)
+                return -1
+            got += 1
+            if outs[got - 1].status == RECV_EMPTY:
+                break  # end of stream: every later call would say so again
+        return got if got else -1
+    many = <fdpass_mmsghdr *>malloc(count * (sizeof(fdpass_mmsghdr) + sizeof(iovec)
+                                             + sizeof(fdpass_control_t)))
+    if many == NULL:
+        raise MemoryError(f"cannot allocate a batch of {count} messages")
+    try:
+        controls = <fdpass_control_t *>(many + count)
+        iovs = <iovec *>(controls + count)
+        memset(many, 0, count * sizeof(fdpass_mmsghdr))
+        for i in range(count):
+            iovs[i].iov_base = bufs + i * buflen
+            iovs[i].iov_len = buflen
+            many[i].msg_hdr.msg_iov = &iovs[i]
+            many[i].msg_hdr.msg_iovlen = 1
+            many[i].msg_hdr.msg_control = controls[i].buf
+            many[i].msg_hdr.msg_controllen = FDPASS_CONTROL_MAX
+            outs[i].total = 0
+            outs[i].nfds = 0
+            outs[i].buflen = buflen
+        n = msg_call(False, sock, NULL, many, <unsigned int>count,
+                     flags | FDPASS_MSG_CMSG_CLOEXEC, timeout, deadline_for(timeout), guard, err)
+        if n < 0:
+            return -1
+        # Every message is walked, and its descriptors kept or discarded, even
+        # when one finds the guard tripped: then all are discarded.
+        for i in range(n):
+            if finish_received(sock, &many[i].msg_hdr, many[i].msg_len, fds + i * maxfds,
+                               maxfds, flags, guard, &outs[i], NULL, err) < 0:
+                rc = -1
+        if rc < 0:
+            for i in range(n):
+                discard_received(fds + i * maxfds, &outs[i], NULL)
+            err[0] = FDPASS_ECLOSED
+            return -1
+        return n
+    finally:
+        free(many)
 
 
 cdef void discard_received(const int *fds, Received *r, Sender *sender) noexcept nogil:
@@ -644,3 +823,5 @@ NOSIGPIPE_METHOD = FDPASS_NOSIGPIPE_METHOD.decode("ascii")
 FAMILY_METHOD = FDPASS_FAMILY_METHOD.decode("ascii")
 #: Where peer_credentials() comes from (getpeereid: no pid, -1).
 CREDENTIALS_METHOD = FDPASS_CREDENTIALS_METHOD.decode("ascii")
+#: How recv_many and send_many take many messages: one call, or a loop.
+BATCH_METHOD = "recvmmsg/sendmmsg" if FDPASS_HAVE_MMSG else "recvmsg/sendmsg loop"

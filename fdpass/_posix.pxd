@@ -87,6 +87,8 @@ cdef extern from "fdpass_compat.h" nogil:
         FDPASS_SO_PASSPIDFD
         FDPASS_SO_PASSRIGHTS
         FDPASS_SO_PASSCRED
+        FDPASS_HAVE_MMSG
+        FDPASS_MAX_BATCH
 
     const char *FDPASS_CLOEXEC_METHOD
     const char *FDPASS_NOSIGPIPE_METHOD
@@ -102,6 +104,14 @@ cdef extern from "fdpass_compat.h" nogil:
         pass
     void fdpass_sigpipe_block(fdpass_sigpipe_t *state)
     void fdpass_sigpipe_restore(const fdpass_sigpipe_t *state, int epipe)
+
+    ctypedef struct fdpass_mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    ssize_t fdpass_send_call(int sock, msghdr *msg, fdpass_mmsghdr *many,
+                             unsigned int vlen, int flags)
+    ssize_t fdpass_recv_call(int sock, msghdr *msg, fdpass_mmsghdr *many,
+                             unsigned int vlen, int flags)
 
     ctypedef union fdpass_control_t:
         cmsghdr align

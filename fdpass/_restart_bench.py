@@ -42,7 +42,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from fdpass import handoff
 
 PACKAGE = Path(__file__).resolve().parent
 #: Set in the environment of the bench re-run in its own network namespace.
@@ -583,11 +582,6 @@ class Fdpass(Mechanism):
         self.key = "fdpass-move" if move else "fdpass-listeners"
         self.title = ("fdpass.handoff moving live connections too (version 2)" if move
                       else "fdpass.handoff moving listeners (version 1)")
-
-    def check(self, setting: Setting) -> None:
-        if self.move and not hasattr(handoff, "Item"):
-            raise NotMeasured("this fdpass has no handoff protocol version 2 "
-                              "(fdpass.handoff.Item, Offer.move, Takeover.items)")
 
     def _flags(self) -> list[str]:
         return ["--move"] if self.move else []

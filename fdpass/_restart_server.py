@@ -232,8 +232,7 @@ class Server:
         for conn in conns:
             self.selector.unregister(conn.sock)
             del self.connections[conn.sock]
-        make_item = handoff.Item  # type: ignore[attr-defined,unused-ignore]  # until version 2
-        items = [make_item("conn", [conn.sock], state=conn.state()) for conn in conns]
+        items = [handoff.Item("conn", [conn.sock], state=conn.state()) for conn in conns]
         moved = offer.move(items, timeout=PATIENCE) if items else None
         kept = {id(item) for item in moved.kept} if moved is not None else set()
         for conn, item in zip(conns, items):
@@ -268,8 +267,7 @@ def taking(server: Server, takeover: handoff.Takeover, move: bool,
             takeover.ready()
             ready()
             if move:
-                moved = takeover.items  # type: ignore[attr-defined,unused-ignore]  # version 2
-                for item in moved(timeout=PATIENCE):
+                for item in takeover.items(timeout=PATIENCE):
                     sock = socket.socket(fileno=item.fds[0])
                     server.adopted.put(Connection.resumed(sock, item.state))
                     server.wake()

@@ -528,7 +528,8 @@ async def start_server(handler: Handler, path: StrPath | None = None, *,
 # engine's non-blocking calls, and the loop's callbacks when they would block.
 
 import errno  # noqa: E402  (kept with the code that needs them)
-from collections.abc import Mapping  # noqa: E402
+import time  # noqa: E402
+from collections.abc import AsyncIterator, Mapping, Sequence  # noqa: E402
 
 from fdpass import handoff as _handoff  # noqa: E402
 
@@ -684,6 +685,35 @@ class AsyncOffer(_handoff._OfferState, _AsyncCloses):
                 continue  # closed meanwhile
             return self.finish()
 
+    async def move(self, items: Sequence[_handoff.Item[Any]],
+                   timeout: float | None = None) -> _handoff.Moved:
+        """As Offer.move, awaited.  Cancelled, it ends the moves: the items
+        taken by then are closed here, the others kept."""
+        timeout = _handoff._check_timeout(timeout)
+        with self._moving(items) as moving:
+            try:
+                await _within(timeout, self._move(moving))
+            except TimeoutError as error:
+                moving.failed(error)
+        return moving.moved()
+
+    async def _move(self, moving: _handoff._Move) -> None:
+        for conn, channel, conversation in moving.batches():
+            watch = _Watch(conn)
+            try:
+                await _run_handoff(conversation, channel, watch)
+            except Exception as error:
+                moving.failed(error)
+            finally:
+                watch.unwatch()
+
+    def finish(self) -> Credentials:
+        """As the blocking offer's, the successor's watch let go first."""
+        if self._serving is not None:
+            self._serving.unwatch()  # the successor's connection stays, for move()
+            self._serving = None
+        return super().finish()
+
     def drop_peer(self) -> None:
         """As Offer.drop_peer: turn away the successor being served, if any
         (its take() or ready() fails), and go on offering."""
@@ -705,12 +735,40 @@ class AsyncTakeover(_handoff._TakeoverState, _AsyncCloses):
         """As Takeover.ready, awaited."""
         conn, channel, conversation = self.conversation()
         watch = _Watch(conn)
+        ok = False
         try:
             await _within(self.timeout, _run_handoff(conversation, channel, watch))
+            ok = True
         finally:
             watch.unwatch()
             conversation.close()
-            self.close()
+            self._was_ready(ok)
+
+    def items(self, timeout: float | None = None) -> AsyncIterator[_handoff.Item[int]]:
+        """As Takeover.items: an async iterator."""
+        timeout = _handoff._check_timeout(timeout)
+        self._check_items()
+        return self._items(timeout)
+
+    async def _items(self, timeout: float | None) -> AsyncIterator[_handoff.Item[int]]:
+        while True:
+            receiving = self._next_item()
+            if receiving is None:
+                return
+            conn, channel, conversation = receiving
+            watch = _Watch(conn)
+            try:
+                got = await _within(timeout, _run_handoff(conversation, channel, watch))
+            except BaseException as error:
+                watch.unwatch()
+                if self._item_failed(error):
+                    return
+                raise
+            watch.unwatch()
+            item = self._item_done(got)
+            if item is None:
+                return
+            yield item
 
 
 async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeover:
@@ -719,25 +777,36 @@ async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeo
     receive every named socket, within timeout seconds."""
     timeout = _handoff._check_timeout(timeout)
     address = os.fspath(path)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        return await _take(address, timeout, timeout, _handoff.VERSION)
+    except _handoff._VersionRefused:  # an old process that speaks version 1 only
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return await _take(address, left, timeout, 1)
+
+
+async def _take(address: str | bytes, within: float | None, timeout: float | None,
+                highest: int) -> AsyncTakeover:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.setblocking(False)
         channel = FDChannel(conn, closefd=False)
         watch = _Watch(conn)
-        conversation = _handoff._Conversation(_handoff._take_steps())
+        conversation = _handoff._Conversation(_handoff._take_steps(highest))
 
-        async def connect_and_receive() -> list[tuple[str, int]]:
+        async def connect_and_receive() -> tuple[int, list[tuple[str, int]]]:
             await _connect(conn, address)
-            received: list[tuple[str, int]] = await _run_handoff(conversation, channel, watch)
-            return received
+            got: tuple[int, list[tuple[str, int]]] = await _run_handoff(
+                conversation, channel, watch)
+            return got
 
         try:
-            received = await _within(timeout, connect_and_receive())
+            version, received = await _within(within, connect_and_receive())
         finally:
             watch.unwatch()
             conversation.close()  # its descriptors closed unless it returned them
         return AsyncTakeover(conn, channel, channel.peer_credentials(),
-                             _handoff._sockets_from(received), timeout)
+                             _handoff._sockets_from(received), timeout, version)
     except BaseException:
         discard(conn, own=True)
         raise

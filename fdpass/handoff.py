@@ -3,11 +3,13 @@
 The running process makes an Offer at a path and keeps serving; its
 successor take()s the named sockets, starts serving on them and says
 ready(); only then does the old process stop.  A successor that goes away
-before ready() changes nothing: the offer waits for the next one.
+before ready() changes nothing: the offer waits for the next one.  Then
+(version 2) the old process may move() live connections, as Items with
+the application's state, to the successor's items().
 
-The protocol (version 1) is written down in docs/restarts.md, "Restarts without
-dropping a connection".  Its steps are generators (_offer_steps,
-_take_steps, _ready_steps) that yield what to send and how much to
+The protocol (versions 1 and 2) is written down in docs/restarts.md.  Its
+steps are generators (_offer_steps, _take_steps, _ready_steps,
+_move_steps, _item_steps) that yield what to send and how much to
 receive; the blocking driver here and the asyncio one in fdpass.aio run
 the same steps."""
 
@@ -25,7 +27,7 @@ import struct
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, Union
 
 from fdpass._channel import MAX_FDS, FDChannel
 from fdpass._credentials import Credentials
@@ -37,16 +39,28 @@ if TYPE_CHECKING:
 
     from fdpass._channel import _FileDescriptorLike
 
-__all__ = ["MAGIC", "VERSION", "Offer", "Takeover", "VersionMismatch", "take"]
+__all__ = ["MAGIC", "MAX_STATE", "VERSION", "Item", "Moved", "Offer", "Takeover",
+           "VersionMismatch", "take"]
 
 #: The first four bytes of every frame, in every version.
 MAGIC = b"FDHO"
-#: The protocol version this fdpass speaks.
-VERSION = 1
+#: The highest protocol version this fdpass speaks (it speaks 1 too).
+VERSION = 2
+_LOWEST = 1
+#: The most bytes of state an Item may carry.
+MAX_STATE = 1 << 20
 
 # Frame: magic, version, kind (one ASCII letter), body length (big-endian).
 _HEADER = struct.Struct(">4sBcI")
 HELLO, SOCKETS, READY, DONE, REFUSED = b"H", b"S", b"R", b"D", b"X"
+# Version 2: a HELLO's body is the lowest and highest version the successor
+# speaks; then ITEM out, ACK in, COMMIT out, for each item moved.
+ITEM, ACK, COMMIT = b"I", b"A", b"C"
+_RANGE = struct.Struct(">BB")
+# ITEM body: the item's number (from 0, across moves), its name's length,
+# the name, then the state; ACK and COMMIT bodies: the number.
+_ITEM_HEAD = struct.Struct(">IH")
+_ITEM_NUMBER = struct.Struct(">I")
 # SOCKETS body: how many sockets in all, index of this frame's first; then
 # per descriptor its name, UTF-8, after its length.
 _BATCH = struct.Struct(">II")
@@ -55,6 +69,9 @@ _NAME_LENGTH = struct.Struct(">H")
 REFUSED_UID, REFUSED_VERSION, REFUSED_PROTOCOL = 1, 2, 3
 _MAX_BODY = 1 << 20
 _MAX_NAME = 255
+_MAX_ITEM_BODY = _ITEM_HEAD.size + _MAX_NAME + MAX_STATE
+#: Items sent ahead of their acknowledgements, at most, in one batch.
+_BATCH_ITEMS = 32
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 # socket.timeout is TimeoutError from Python 3.10; before, an OSError beside it.
 _TIMEOUTS = (TimeoutError, socket.timeout)
@@ -86,8 +103,11 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _frame(kind: bytes, body: bytes = b"", version: int = VERSION) -> bytes:
+def _frame(kind: bytes, body: bytes = b"", version: int = _LOWEST) -> bytes:
     return _HEADER.pack(MAGIC, version, kind, len(body)) + body
+
+
+_Frame = tuple[int, bytes, bytes, list[int]]  # version, kind, body, descriptors
 
 
 def _read_exact(size: int, fds: list[int]) -> Generator[_Step, Any, bytes]:
@@ -104,10 +124,12 @@ def _read_exact(size: int, fds: list[int]) -> Generator[_Step, Any, bytes]:
     return data
 
 
-def _read_frame() -> Generator[_Step, Any, tuple[bytes, bytes, list[int]] | None]:
-    """One frame: (kind, body, descriptors), or None at the end of the
-    stream before its first byte.  A frame that is not of this protocol and
-    version raises ProtocolError, its descriptors closed."""
+def _read_frame(lowest: int = _LOWEST,
+                highest: int = _LOWEST) -> Generator[_Step, Any, _Frame | None]:
+    """One frame of a version from lowest to highest: (version, kind, body,
+    descriptors), or None at the end of the stream before its first byte.
+    A frame that is not of this protocol or of those versions raises
+    ProtocolError, its descriptors closed."""
     fds: list[int] = []
     try:
         header = yield from _read_exact(_HEADER.size, fds)
@@ -119,14 +141,14 @@ def _read_frame() -> Generator[_Step, Any, tuple[bytes, bytes, list[int]] | None
         if magic != MAGIC:
             raise ProtocolError(errno.EBADMSG,
                                 f"the peer does not speak fdpass handoff: it sent {header!r}")
-        if version != VERSION:
+        if not lowest <= version <= highest:
             raise VersionMismatch(version)
-        if length > _MAX_BODY:
+        if length > (_MAX_BODY if version == 1 else _MAX_ITEM_BODY):
             raise ProtocolError(errno.EBADMSG, f"a handoff frame of {length} bytes")
         body = (yield from _read_exact(length, fds)) if length else b""
         if len(body) < length:
             raise ProtocolError(errno.EBADMSG, "the handoff peer closed in a frame's body")
-        return kind, body, fds
+        return version, kind, body, fds
     except BaseException:
         discard_all(fds)
         raise
@@ -137,45 +159,64 @@ class VersionMismatch(ProtocolError):
 
     def __init__(self, version: int) -> None:
         super().__init__(errno.EBADMSG, f"the handoff peer speaks protocol version {version}; "
-                                        f"this fdpass speaks version {VERSION}")
+                                        f"this fdpass speaks versions {_LOWEST} to {VERSION}")
         self.version = version
 
 
-def _offer_steps(offered: Sequence[tuple[str, int]]) -> Generator[_Step, Any, None]:
+def _offer_steps(offered: Sequence[tuple[str, int]]) -> Generator[_Step, Any, int]:
     """The old process's side, after the uid check: HELLO in, SOCKETS out,
-    READY in, DONE out.  Returns once DONE is sent; raises _Refused for a
-    successor that breaks the protocol, EOFError for one that went away."""
+    READY in, DONE out; returns the version agreed once DONE is sent.
+    Raises _Refused for a successor that breaks the protocol, EOFError for
+    one that went away."""
     try:
-        hello = yield from _read_frame()
-    except VersionMismatch as error:
-        yield _Send(_refusal(REFUSED_VERSION, str(error)))
-        raise _Refused(str(error)) from None
+        hello = yield from _read_frame(_LOWEST, 255)  # a later version's HELLO says its range
     except ProtocolError as error:
         raise _Refused(str(error)) from None
     if hello is None:
         raise EOFError("the successor went away before it said hello")
-    yield from _expect(hello, HELLO, "HELLO")
+    version = yield from _agree(hello)
     for first in range(0, len(offered), MAX_FDS):
         batch = offered[first:first + MAX_FDS]
         body = _BATCH.pack(len(offered), first) + b"".join(
             _NAME_LENGTH.pack(len(encoded)) + encoded
             for encoded in (name.encode("utf-8") for name, _ in batch))
-        yield _Send(_frame(SOCKETS, body), [fd for _, fd in batch])
+        yield _Send(_frame(SOCKETS, body, version), [fd for _, fd in batch])
     try:
-        ready = yield from _read_frame()
+        ready = yield from _read_frame(version, version)
     except ProtocolError as error:
         raise _Refused(str(error)) from None
     if ready is None:
         raise EOFError("the successor went away before it was ready")
     yield from _expect(ready, READY, "READY")
-    yield _Send(_frame(DONE))
+    yield _Send(_frame(DONE, version=version))
+    return version
 
 
-def _expect(received: tuple[bytes, bytes, list[int]], kind: bytes,
-            name: str) -> Generator[_Step, Any, None]:
-    """Offer side: received must be a bare frame of kind; else refuse."""
-    got, body, fds = received
-    if got == kind and not body and not fds:
+def _agree(hello: _Frame) -> Generator[_Step, Any, int]:
+    """The version to speak with the successor that sent hello: a bare
+    version-1 HELLO is version 1; a later one carries its lowest and
+    highest, and the highest common one is spoken."""
+    version, kind, body, fds = hello
+    if version == 1:
+        yield from _expect(hello, HELLO, "HELLO")
+        return 1
+    yield from _expect(hello, HELLO, "a HELLO with a version range", _RANGE.size)
+    lowest, highest = _RANGE.unpack(body)
+    common: int = min(highest, VERSION)
+    if common < max(lowest, _LOWEST):
+        reason = (f"the successor speaks versions {lowest} to {highest}; "
+                  f"this fdpass speaks versions {_LOWEST} to {VERSION}")
+        yield _Send(_refusal(REFUSED_VERSION, reason))
+        raise _Refused(reason)
+    return common
+
+
+def _expect(received: _Frame, kind: bytes, name: str,
+            size: int = 0) -> Generator[_Step, Any, None]:
+    """Offer side: received must be a frame of kind, with a body of size
+    bytes and no descriptors; else refuse."""
+    _, got, body, fds = received
+    if got == kind and len(body) == size and not fds:
         return
     reason = f"expected {name}, got a {got!r} frame ({len(body)} bytes, {len(fds)} descriptors)"
     discard_all(fds)
@@ -184,44 +225,56 @@ def _expect(received: tuple[bytes, bytes, list[int]], kind: bytes,
 
 
 def _refusal(code: int, reason: str) -> bytes:
+    """A REFUSED frame, always of version 1, which every version reads."""
     return _frame(REFUSED, bytes([code]) + reason.encode("utf-8"))
 
 
-def _say(kind: bytes) -> Generator[_Step, Any, None]:
-    """The successor sends a bare frame.  If the old process has closed
-    already, what it sent before (a refusal, say) is still to be read."""
+def _say(kind: bytes, body: bytes = b"", version: int = _LOWEST) -> Generator[_Step, Any, None]:
+    """The successor sends a frame without descriptors.  If the old process
+    has closed already, what it sent before (a refusal, say) is still to be
+    read."""
     try:
-        yield _Send(_frame(kind))
+        yield _Send(_frame(kind, body, version))
     except (BrokenPipeError, ConnectionResetError):
         pass
 
 
-def _take_steps() -> Generator[_Step, Any, list[tuple[str, int]]]:
-    """The successor's side: HELLO out, SOCKETS in until every named
-    descriptor has come; returns them, in the offer's order."""
-    yield from _say(HELLO)
+def _take_steps(highest: int = VERSION) -> Generator[_Step, Any, tuple[int, list[tuple[str, int]]]]:
+    """The successor's side: HELLO out (bare for version 1, else with the
+    range of versions spoken), SOCKETS in until every named descriptor has
+    come; returns the version the old process chose (its frames') and the
+    sockets, in the offer's order."""
+    if highest == 1:
+        yield from _say(HELLO)
+    else:
+        yield from _say(HELLO, _RANGE.pack(_LOWEST, highest), highest)
     received: list[tuple[str, int]] = []
     total = None
+    version = None
     try:
         while total is None or len(received) < total:
-            got = yield from _read_frame()
+            got = yield from _read_frame(_LOWEST, highest)
             if got is None:
                 raise ConnectionAbortedError(
                     errno.ECONNABORTED, "the old process closed the handoff before sending "
                     f"every socket ({len(received)} of {total if total else '?'})")
-            kind, body, fds = got
+            frame_version, kind, body, fds = got
             try:
                 if kind == REFUSED:
                     raise _refusal_error(body)
                 if kind != SOCKETS:
                     raise ProtocolError(errno.EBADMSG,
                                         f"expected a SOCKETS frame, got {kind!r}")
+                if version is not None and frame_version != version:
+                    raise VersionMismatch(frame_version)
+                version = frame_version
                 total, names = _parse_batch(body, fds, len(received), total)
             except BaseException:
                 discard_all(fds)
                 raise
             received.extend(zip(names, fds))
-        return received
+        assert version is not None
+        return version, received
     except BaseException:
         discard_all([fd for _, fd in received])
         raise
@@ -247,17 +300,27 @@ def _parse_batch(body: bytes, fds: list[int], have: int,
 def _names(body: bytes) -> list[str]:
     names = []
     offset = _BATCH.size
-    try:
-        while offset < len(body):
-            (length,) = _NAME_LENGTH.unpack_from(body, offset)
-            offset += _NAME_LENGTH.size
-            if length == 0 or offset + length > len(body):
-                raise ProtocolError(errno.EBADMSG, "a SOCKETS frame with a bad name length")
-            names.append(body[offset:offset + length].decode("utf-8"))
-            offset += length
-    except (struct.error, UnicodeDecodeError) as error:
-        raise ProtocolError(errno.EBADMSG, f"a SOCKETS frame with a bad name: {error}") from None
+    while offset < len(body):
+        name, offset = _name_at(body, offset, "SOCKETS")
+        names.append(name)
     return names
+
+
+def _name_at(body: bytes, offset: int, frame: str) -> tuple[str, int]:
+    """The name at offset in body, after its length, and the offset after it."""
+    try:
+        (length,) = _NAME_LENGTH.unpack_from(body, offset)
+        offset += _NAME_LENGTH.size
+        if length == 0 or length > _MAX_NAME or offset + length > len(body):
+            raise ProtocolError(errno.EBADMSG, f"a {frame} frame with a bad name length")
+        return body[offset:offset + length].decode("utf-8"), offset + length
+    except (struct.error, UnicodeDecodeError) as error:
+        raise ProtocolError(errno.EBADMSG, f"a {frame} frame with a bad name: {error}") from None
+
+
+class _VersionRefused(ProtocolError):
+    """The old process refused this successor's versions: one that speaks
+    version 1 only, to which a bare version-1 HELLO is said next."""
 
 
 def _refusal_error(body: bytes) -> OSError:
@@ -265,23 +328,173 @@ def _refusal_error(body: bytes) -> OSError:
     reason = body[1:].decode("utf-8", "replace")
     if code == REFUSED_UID:
         return PermissionError(errno.EACCES, f"the old process refused the handoff: {reason}")
+    if code == REFUSED_VERSION:
+        return _VersionRefused(errno.EBADMSG, f"the old process refused the handoff: {reason}")
     return ProtocolError(errno.EBADMSG, f"the old process refused the handoff: {reason}")
 
 
-def _ready_steps() -> Generator[_Step, Any, None]:
-    """The successor's last step: READY out, DONE in."""
-    yield from _say(READY)
-    got = yield from _read_frame()
+def _ready_steps(version: int) -> Generator[_Step, Any, None]:
+    """The successor's last step before items: READY out, DONE in."""
+    yield from _say(READY, version=version)
+    got = yield from _read_frame(_LOWEST, version)  # a refusal is of version 1
     if got is None:
         raise ConnectionAbortedError(
             errno.ECONNABORTED, "the old process closed the handoff without confirming "
             "ready(): it may still be serving")
-    kind, body, fds = got
+    frame_version, kind, body, fds = got
     discard_all(fds)
     if kind == REFUSED:
         raise _refusal_error(body)
-    if kind != DONE or body:
+    if kind != DONE or body or frame_version != version:
         raise ProtocolError(errno.EBADMSG, f"expected DONE, got a {kind!r} frame")
+
+
+# -- Version 2: moving items --------------------------------------------------
+
+_D = TypeVar("_D", bound=Union[int, socket.socket])
+
+
+class Item(Generic[_D]):
+    """A live connection (or anything held by descriptors) to move to the
+    successor: a name, 1..MAX_FDS descriptors (ints or socket.socket
+    objects; the successor's are ints, its own) and the application's
+    bytes to resume it with (at most MAX_STATE)."""
+
+    def __init__(self, name: str, fds: Sequence[_D], state: bytes = b"") -> None:
+        _check_name(name)
+        if isinstance(fds, (str, bytes)) or not isinstance(fds, Sequence):
+            raise TypeError(f"fds must be a sequence of descriptors, not {type(fds).__name__}")
+        if not 1 <= len(fds) <= MAX_FDS:
+            raise ValueError(f"an item holds 1..{MAX_FDS} descriptors, not {len(fds)}")
+        for f in fds:
+            _number(f)
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"state must be bytes, not {type(state).__name__}")
+        state = bytes(state)
+        if len(state) > MAX_STATE:
+            raise ValueError(f"an item's state is at most {MAX_STATE} bytes, not {len(state)}")
+        self.name = name
+        self.fds = list(fds)
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"Item({self.name!r}, {self.fds!r}, <{len(self.state)} bytes>)"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Item):
+            return NotImplemented
+        return (self.name, self.fds, self.state) == (other.name, other.fds, other.state)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _number(f: object) -> int:
+    """The open descriptor behind one of an Item's fds."""
+    if isinstance(f, socket.socket):
+        fd = f.fileno()
+        if fd < 0:
+            raise ValueError(f"a closed socket: {f!r}")
+        return fd
+    if not isinstance(f, int) or isinstance(f, bool):
+        raise TypeError(f"an item's descriptors are ints or socket.socket, "
+                        f"not {type(f).__name__}")
+    if f < 0:
+        raise ValueError(f"descriptor must be non-negative, got {f}")
+    return f
+
+
+class Moved(NamedTuple):
+    """What a move() did: each item either taken (the successor's now, the
+    old process's copies closed) or kept (still the old process's)."""
+    taken: list[Item[Any]]
+    kept: list[Item[Any]]
+
+
+def _move_steps(version: int, batch: Sequence[tuple[int, Item[Any], list[int]]],
+                taken: list[int]) -> Generator[_Step, Any, None]:
+    """The old process's side of a batch: every ITEM out (prepare), then
+    for each, in order, its ACK in and COMMIT out; an item's number goes
+    into taken only once its COMMIT is sent whole (commit).  Raises
+    ProtocolError for a bad acknowledgement, EOFError when the successor
+    went away: what is not in taken is kept."""
+    for number, item, fds in batch:
+        name = item.name.encode("utf-8")
+        body = _ITEM_HEAD.pack(number, len(name)) + name + item.state
+        yield _Send(_frame(ITEM, body, version), fds)
+    for number, item, _ in batch:
+        got = yield from _read_frame(version, version)
+        if got is None:
+            raise EOFError(f"the successor went away before it acknowledged item #{number}")
+        _, kind, body, fds = got
+        if kind != ACK or body != _ITEM_NUMBER.pack(number) or fds:
+            raise _unexpected(f"the ACK of item #{number}", got)
+        yield _Send(_frame(COMMIT, body, version))
+        taken.append(number)
+
+
+class _Pending(NamedTuple):
+    """An item received, not yet acknowledged: still the old process's."""
+    number: int
+    name: str
+    fds: list[int]
+    state: bytes
+
+
+def _item_steps(version: int, pending: list[_Pending],
+                number: int) -> Generator[_Step, Any, _Pending | None]:
+    """The successor's side of one item, number: its ITEM in (unless it came
+    ahead, in pending), ACK out, COMMIT in; returns it, the successor's
+    now, or None when the old process has closed (an item acknowledged too
+    late is then not ours: it stays in pending, to be closed)."""
+    if not pending:
+        got = yield from _read_frame(version, version)
+        if got is None:
+            return None
+        pending.append(_parse_item(got, number))
+    yield from _say(ACK, _ITEM_NUMBER.pack(number), version)
+    while True:
+        got = yield from _read_frame(version, version)
+        if got is None:
+            return None
+        _, kind, body, fds = got
+        if kind == ITEM and len(pending) < _BATCH_ITEMS:
+            pending.append(_parse_item(got, number + len(pending)))
+            continue
+        if kind != COMMIT or body != _ITEM_NUMBER.pack(number) or fds:
+            raise _unexpected(f"the COMMIT of item #{number}", got)
+        return pending.pop(0)
+
+
+def _unexpected(expected: str, frame: _Frame) -> ProtocolError:
+    """The error for frame where expected should have come; its
+    descriptors closed."""
+    _, kind, body, fds = frame
+    error = ProtocolError(errno.EBADMSG, f"expected {expected}, got a {kind!r} frame "
+                                         f"({len(body)} bytes, {len(fds)} descriptors)")
+    discard_all(fds)
+    return error
+
+
+def _parse_item(frame: _Frame, number: int) -> _Pending:
+    """An ITEM frame's item, which must be number; else ProtocolError, its
+    descriptors closed."""
+    _, kind, body, fds = frame
+    try:
+        if kind != ITEM:
+            raise ProtocolError(errno.EBADMSG, f"expected an ITEM frame, got {kind!r}")
+        if len(body) < _ITEM_HEAD.size or _ITEM_NUMBER.unpack_from(body)[0] != number:
+            raise ProtocolError(errno.EBADMSG, f"an ITEM frame that is not item #{number}")
+        name, offset = _name_at(body, _ITEM_NUMBER.size, "ITEM")
+        if not 1 <= len(fds) <= MAX_FDS:
+            raise ProtocolError(errno.EBADMSG, f"item #{number} ({name!r}) came with "
+                                               f"{len(fds)} descriptors")
+        if len(body) - offset > MAX_STATE:
+            raise ProtocolError(errno.EBADMSG, f"item #{number} ({name!r}) with "
+                                               f"{len(body) - offset} bytes of state")
+        return _Pending(number, name, fds, body[offset:])
+    except BaseException:
+        discard_all(fds)
+        raise
 
 
 class _Conversation:
@@ -406,10 +619,7 @@ def _offered_descriptors(sockets: Mapping[str, _FileDescriptorLike]) -> list[tup
         raise ValueError("an offer needs at least one socket")
     offered = []
     for name, sock in sockets.items():
-        if not isinstance(name, str):
-            raise TypeError(f"socket names are str, not {type(name).__name__}")
-        if not 0 < len(name.encode("utf-8")) <= _MAX_NAME:
-            raise ValueError(f"socket names are str of 1..{_MAX_NAME} UTF-8 bytes, not {name!r}")
+        _check_name(name)
         fd = _descriptor(name, sock)
         if fd < 0:
             raise ValueError(f"{name!r} is closed: {sock!r}")
@@ -417,6 +627,14 @@ def _offered_descriptors(sockets: Mapping[str, _FileDescriptorLike]) -> list[tup
             raise ValueError(f"{name!r} is not a socket: {sock!r}")
         offered.append((name, fd))
     return offered
+
+
+def _check_name(name: object) -> None:
+    """Names, of sockets and items, that fit the protocol."""
+    if not isinstance(name, str):
+        raise TypeError(f"names are str, not {type(name).__name__}")
+    if not 0 < len(name.encode("utf-8")) <= _MAX_NAME:
+        raise ValueError(f"names are str of 1..{_MAX_NAME} UTF-8 bytes, not {name!r}")
 
 
 def _descriptor(name: str, sock: object) -> int:
@@ -546,12 +764,20 @@ class _OfferState:
         self._listener: socket.socket | None = None
         self._listener, self._inode = _listen_at(self.path, sock_timeout)
         self._peer: tuple[socket.socket, FDChannel, _Conversation, Credentials] | None = None
+        # Once wait() has returned, until close(): the successor's handoff
+        # connection and version where it speaks 2, for move().
+        self._waited = self._ended = False
+        self._mover: tuple[socket.socket, FDChannel, int, Credentials] | None = None
+        self._numbered = 0  # items sent so far, across moves
 
     @property
     def closed(self) -> bool:
+        """Whether close() was called, or a successor took over."""
         return self._listener is None
 
     def listener(self) -> socket.socket:
+        """The offer's listening socket (the drivers wait on it); ValueError
+        once closed."""
         if self._listener is None:
             raise ValueError("the offer is closed")
         return self._listener
@@ -585,6 +811,8 @@ class _OfferState:
         self._peer = (conn, channel, _Conversation(_offer_steps(offered)), who)
 
     def peer(self) -> tuple[socket.socket, FDChannel, _Conversation, Credentials] | None:
+        """The successor being served, with its channel, conversation and
+        credentials; None between successors."""
         return self._peer
 
     def step_failed(self, error: BaseException) -> bool:
@@ -604,6 +832,8 @@ class _OfferState:
         return isinstance(error, (EOFError, ConnectionError))
 
     def drop_peer(self) -> None:
+        """Hang up on the successor being served, if any; the offer waits for
+        the next one, having lost nothing."""
         if self._peer is not None:
             conn, channel, conversation, _ = self._peer
             self._peer = None
@@ -612,16 +842,69 @@ class _OfferState:
             _hang_up(channel, conn)
 
     def finish(self) -> Credentials:
-        """The successor said READY and has DONE: the offer ends."""
+        """The successor said READY and has DONE: the offer stops
+        listening, and keeps the connection for move() where the successor
+        speaks version 2."""
         assert self._peer is not None
-        who = self._peer[3]
-        self.close()
+        conn, channel, conversation, who = self._peer
+        self._peer = None
+        version: int = conversation.result
+        self._waited = True
+        if version >= 2:
+            self._mover = (conn, channel, version, who)
+        else:
+            _hang_up(channel, conn)
+        self._stop_listening()
         return who
+
+    def _moving(self, items: Sequence[Item[Any]]) -> _Move:
+        """A move of items, checked before anything is touched."""
+        if not self._waited or self._ended:
+            raise ValueError("move() is for after wait() has returned, before close()")
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise TypeError(f"items must be a sequence of Item, not {type(items).__name__}")
+        numbers: list[list[int]] = []
+        for item in items:
+            if not isinstance(item, Item):
+                raise TypeError(f"move() takes Items, not {type(item).__name__}")
+            numbers.append([_number(f) for f in item.fds])
+        every = [fd for fds in numbers for fd in fds]
+        if len(set(every)) != len(every):
+            raise ValueError("a descriptor appears twice in the items moved")
+        return _Move(self, list(items), numbers)
+
+    def _moving_to(self) -> tuple[socket.socket, FDChannel, int, Credentials] | None:
+        return self._mover
+
+    def _next_number(self) -> int:
+        """The next item's number: the successor expects them in order."""
+        self._numbered += 1
+        return self._numbered - 1
+
+    def _stop_moving(self) -> None:
+        """The successor gave up, broke the protocol or took too long: no
+        more moves to it (a late acknowledgement is never read)."""
+        mover, self._mover = self._mover, None
+        if mover is not None:
+            _shut(mover[0])  # a move waiting in another thread wakes
+            _hang_up(mover[1], mover[0])
+
+    def __del__(self) -> None:
+        """An offer dropped after wait() without close() (code written for
+        version 1) ends its moves, as close() would."""
+        if getattr(self, "_mover", None) is not None:
+            self._stop_moving()
 
     def close(self) -> None:
         """Stop listening, remove the path if it is still ours, and end a
-        conversation in progress (that successor's ready() then fails).
-        A wait() in another thread wakes and raises ValueError."""
+        conversation in progress (that successor's ready() then fails) or
+        the moves (its items() then ends).  A wait() in another thread
+        wakes and raises ValueError."""
+        self._ended = True
+        self._stop_moving()
+        self._stop_listening()
+
+    def _stop_listening(self) -> None:
         listener, self._listener = self._listener, None
         self.drop_peer()
         if listener is None:
@@ -637,6 +920,62 @@ class _OfferState:
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"path={self.path!r}"
         return f"<{_qualified(self)} {state}, {self._count} sockets>"
+
+
+class _Move:
+    """One move(): its items sent batch by batch; what was taken.  Leaving
+    it (with) closes the old process's copies of the taken items, and ends
+    the moves if it was left by an exception (the stream may be half-way
+    through a frame)."""
+
+    def __init__(self, offer: _OfferState, items: list[Item[Any]],
+                 numbers: list[list[int]]) -> None:
+        self._offer = offer
+        self._items = items
+        self._numbers = numbers
+        self._taken: list[int] = []  # the items' numbers, as the offer numbered them
+        self._sent: dict[int, Item[Any]] = {}
+
+    def batches(self) -> Iterator[tuple[socket.socket, FDChannel, _Conversation]]:
+        """Each batch's conversation, while the successor takes them."""
+        for first in range(0, len(self._items), _BATCH_ITEMS):
+            mover = self._offer._moving_to()
+            if mover is None:
+                return
+            conn, channel, version, _ = mover
+            batch = [(self._offer._next_number(), item, fds) for item, fds in
+                     zip(self._items[first:first + _BATCH_ITEMS],
+                         self._numbers[first:first + _BATCH_ITEMS])]
+            self._sent.update((number, item) for number, item, _ in batch)
+            yield conn, channel, _Conversation(_move_steps(version, batch, self._taken))
+
+    def failed(self, error: Exception) -> None:
+        """A batch ended early: what was not acknowledged is kept.  A
+        successor that broke the protocol is listed in the offer's refused."""
+        mover = self._offer._moving_to()
+        if mover is None:
+            return  # close() from another thread ended the moves: the rest is kept
+        if not isinstance(error, (OSError, EOFError)):
+            raise error
+        if isinstance(error, ProtocolError):
+            self._offer.refused.append((mover[3], str(error)))
+        self._offer._stop_moving()
+
+    def moved(self) -> Moved:
+        taken = [self._sent[number] for number in self._taken]
+        took = {id(item) for item in taken}
+        return Moved(taken, [item for item in self._items if id(item) not in took])
+
+    def __enter__(self) -> _Move:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc_info: object) -> None:
+        if kind is not None:
+            self._offer._stop_moving()
+        for number in self._taken:
+            item = self._sent[number]
+            for f in item.fds:
+                discard(f, own=True)  # a socket.socket detached: fileno() -1, as close()
 
 
 class _Closes:
@@ -699,13 +1038,32 @@ class Offer(_OfferState, _Closes):
                 continue  # closed from another thread meanwhile
             return self.finish()
 
+    def move(self, items: Sequence[Item[Any]], timeout: float | None = None) -> Moved:
+        """Move items (live connections and their state) to the successor
+        wait() returned, in order, in batches: each is taken once the
+        successor has acknowledged it (the copies here are then closed,
+        sockets as close() closes them), or kept (the successor went away,
+        broke the protocol, took longer than timeout seconds in all, or
+        speaks version 1): still this process's.  A move cut short ends
+        the moves: later ones keep everything.  ValueError before wait()
+        has returned or after close(), with nothing touched."""
+        deadline = _deadline(timeout)
+        with self._moving(items) as moving:
+            for conn, channel, conversation in moving.batches():
+                try:
+                    _run_blocking(conversation, channel, conn, deadline)
+                except Exception as error:
+                    moving.failed(error)
+        return moving.moved()
+
 
 
 class _TakeoverState:
     """What Takeover and fdpass.aio.AsyncTakeover share."""
 
     def __init__(self, conn: socket.socket, channel: FDChannel, predecessor: Credentials,
-                 sockets: dict[str, socket.socket], timeout: float | None) -> None:
+                 sockets: dict[str, socket.socket], timeout: float | None,
+                 version: int) -> None:
         self._conn: socket.socket | None = conn
         self._channel = channel
         self.timeout = timeout
@@ -713,17 +1071,87 @@ class _TakeoverState:
         self.predecessor = predecessor
         #: The sockets, by name: each owns its descriptor; the caller's.
         self.sockets = sockets
+        #: The protocol version spoken with the old process.
+        self.version = version
+        self._readied = False
+        # Items received ahead, not yet acknowledged (the old process's),
+        # and the conversation for the next one, kept across timeouts.
+        self._pending: list[_Pending] = []
+        self._receiving: _Conversation | None = None
+        self._number = 0
 
     def conversation(self) -> tuple[socket.socket, FDChannel, _Conversation]:
+        """The connection, its channel and the steps of ready() (the drivers
+        run them); ValueError once closed."""
         if self._conn is None:
             raise ValueError("the takeover is closed")
-        return self._conn, self._channel, _Conversation(_ready_steps())
+        return self._conn, self._channel, _Conversation(_ready_steps(self.version))
+
+    def _was_ready(self, ok: bool) -> None:
+        """ready() ended: with version 2 the connection stays, for items()."""
+        self._readied = ok
+        if not ok or self.version < 2:
+            self.close()
+
+    def _check_items(self) -> None:
+        if not self._readied:
+            raise ValueError("items() is for after ready() has returned")
+
+    def _next_item(self) -> tuple[socket.socket, FDChannel, _Conversation] | None:
+        """The conversation for the next item, or None: no more to come."""
+        if self._conn is None:
+            return None
+        if self._receiving is None:
+            self._receiving = _Conversation(
+                _item_steps(self.version, self._pending, self._number))
+        return self._conn, self._channel, self._receiving
+
+    def _item_done(self, got: _Pending | None) -> Item[int] | None:
+        """The next item, the caller's now; None when the old process has
+        closed (anything it sent after is its own, and closed here)."""
+        self._receiving = None
+        if got is None:
+            self.close()
+            return None
+        self._number += 1
+        try:
+            return Item(got.name, got.fds, got.state)
+        except BaseException:
+            discard_all(got.fds)
+            raise
+
+    def _item_failed(self, error: BaseException) -> bool:
+        """A timeout while waiting for the old process leaves the next
+        items() to wait on; anything else ends the moves.  True when they
+        ended as at the end of the stream: the old process closed while an
+        acknowledgement was on its way (a reset), so items() just ends."""
+        receiving = self._receiving
+        if isinstance(error, TimeoutError) and receiving is not None and isinstance(
+                receiving.step, _Recv):
+            return False
+        self.close()
+        return isinstance(error, ConnectionResetError)
+
+    def __del__(self) -> None:
+        """A takeover dropped after ready() without close() (code written
+        for version 1) ends the handoff, as close() would."""
+        if getattr(self, "_conn", None) is not None:
+            self.close()
 
     def close(self) -> None:
         """End the handoff connection.  Before ready(), this tells the old
-        process to carry on.  The sockets stay open: they are the caller's."""
+        process to carry on; after, that no more items are taken (those
+        not yet yielded stay the old process's).  The sockets stay open:
+        they are the caller's."""
+        receiving, self._receiving = self._receiving, None
+        if receiving is not None:
+            receiving.close()
+        for pending in self._pending:
+            discard_all(pending.fds)
+        self._pending.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
+            _shut(conn)  # an items() waiting in another thread wakes
             _hang_up(self._channel, conn)
 
     def __repr__(self) -> str:
@@ -763,11 +1191,41 @@ class Takeover(_TakeoverState, _Closes):
         has stopped offering and is stopping.  ConnectionAbortedError if it
         ended the handoff without confirming."""
         conn, channel, conversation = self.conversation()
+        ok = False
         try:
             _run_blocking(conversation, channel, conn, _deadline(self.timeout))
+            ok = True
         finally:
             conversation.close()
-            self.close()
+            self._was_ready(ok)
+
+    def items(self, timeout: float | None = None) -> Iterator[Item[int]]:
+        """The items the old process moves, in order, each acknowledged as
+        it is yielded: its descriptors (close-on-exec) are then the
+        caller's.  Ends when the old process closes its offer (or speaks
+        version 1).  TimeoutError when the next item takes longer than
+        timeout seconds; ProtocolError for a malformed frame, with every
+        received descriptor closed.  ValueError before ready()."""
+        timeout = _check_timeout(timeout)
+        self._check_items()
+        return self._items(timeout)
+
+    def _items(self, timeout: float | None) -> Iterator[Item[int]]:
+        while True:
+            receiving = self._next_item()
+            if receiving is None:
+                return
+            conn, channel, conversation = receiving
+            try:
+                got = _run_blocking(conversation, channel, conn, _deadline(timeout))
+            except BaseException as error:
+                if self._item_failed(error):
+                    return
+                raise
+            item = self._item_done(got)
+            if item is None:
+                return
+            yield item
 
 
 
@@ -780,17 +1238,25 @@ def take(path: StrOrBytesPath, timeout: float | None = None) -> Takeover:
     TimeoutError after timeout seconds for any one step."""
     deadline = _deadline(timeout)
     address = os.fspath(path)
+    try:
+        return _take(address, deadline, timeout, VERSION)
+    except _VersionRefused:  # an old process that speaks version 1 only
+        return _take(address, deadline, timeout, 1)
+
+
+def _take(address: str | bytes, deadline: float | None, timeout: float | None,
+          highest: int) -> Takeover:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         channel = FDChannel(conn, closefd=False)
         _connect(conn, address, deadline)
         predecessor = channel.peer_credentials()
-        conversation = _Conversation(_take_steps())
+        conversation = _Conversation(_take_steps(highest))
         try:
-            received = _run_blocking(conversation, channel, conn, deadline)
+            version, received = _run_blocking(conversation, channel, conn, deadline)
         finally:
             conversation.close()  # its descriptors closed unless it returned them
-        return Takeover(conn, channel, predecessor, _sockets_from(received), timeout)
+        return Takeover(conn, channel, predecessor, _sockets_from(received), timeout, version)
     except BaseException:
         discard(conn, own=True)
         raise

@@ -76,8 +76,10 @@ fdpass_no_linger(int fd)
 }
 
 /* The most a defusing walk reads of a queue, so that a peer filling it as
- * fast as it can cannot keep a closing thread walking for ever. */
-#define FDPASS_DEFUSE_CALLS 1024
+ * fast as it can cannot keep a closing thread walking for ever: more
+ * messages than an unprivileged sender's buffer holds (a 4 MiB wmem_max
+ * holds about 11,000 one-byte messages with a descriptor each). */
+#define FDPASS_DEFUSE_CALLS 65536
 /* How deep it follows AF_UNIX sockets in flight inside queues: Linux lets
  * descriptors nest no deeper than that (MAX_RECURSION_LEVEL, 4). */
 #define FDPASS_DEFUSE_DEPTH 4

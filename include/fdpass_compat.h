@@ -314,3 +314,49 @@ fdpass_peer_credentials(int fd, long *pid, long *uid, long *gid)
     return 0;
 #endif
 }
+
+/* Many messages in one system call: recvmmsg/sendmmsg (Linux).  Elsewhere,
+ * and in the portable build, the engine loops over recvmsg/sendmsg; the
+ * type exists everywhere so that one engine compiles for both. */
+#if defined(__linux__) && !defined(FDPASS_PORTABLE)
+#  define FDPASS_HAVE_MMSG 1
+typedef struct mmsghdr fdpass_mmsghdr;
+#else
+#  define FDPASS_HAVE_MMSG 0
+typedef struct {
+    struct msghdr msg_hdr;
+    unsigned int msg_len;
+} fdpass_mmsghdr;
+#endif
+/* The most messages one call takes (the kernel's UIO_MAXIOV). */
+#define FDPASS_MAX_BATCH 1024
+
+/* sendmsg of msg, or with many (FDPASS_HAVE_MMSG only) sendmmsg of vlen
+ * messages: the count sent. */
+static inline ssize_t
+fdpass_send_call(int sock, struct msghdr *msg, fdpass_mmsghdr *many,
+                 unsigned int vlen, int flags)
+{
+#if FDPASS_HAVE_MMSG
+    if (many != NULL)
+        return sendmmsg(sock, many, vlen, flags);
+#else
+    (void)many; (void)vlen;
+#endif
+    return sendmsg(sock, msg, flags);
+}
+
+/* recvmsg of msg, or with many recvmmsg of up to vlen messages, returning
+ * as soon as one has come (MSG_WAITFORONE): the count received. */
+static inline ssize_t
+fdpass_recv_call(int sock, struct msghdr *msg, fdpass_mmsghdr *many,
+                 unsigned int vlen, int flags)
+{
+#if FDPASS_HAVE_MMSG
+    if (many != NULL)
+        return recvmmsg(sock, many, vlen, flags | MSG_WAITFORONE, NULL);
+#else
+    (void)many; (void)vlen;
+#endif
+    return recvmsg(sock, msg, flags);
+}

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gc
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 import fdpass
-from support import open_fds, wait_for_discards
+from support import LINGER, Lingering, open_fds, wait_for_discards
 
 SOCKET_TYPES = {
     "stream": socket.SOCK_STREAM,
@@ -32,6 +32,23 @@ def no_fd_leak() -> Iterator[None]:
     after = open_fds()
     leaked = {fd: target for fd, target in after.items() if before.get(fd) != target}
     assert not leaked, f"descriptors leaked: {leaked}"
+
+
+@pytest.fixture
+def lingering() -> Iterator[Callable[[], Lingering]]:
+    """Makes lingering sockets (LINGER seconds); closes their reading ends
+    at the end, so that a close still waiting ends then."""
+    made: list[Lingering] = []
+
+    def make() -> Lingering:
+        made.append(Lingering(LINGER))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for held in made:
+            held.close()
 
 
 @pytest.fixture(params=sorted(SOCKET_TYPES))

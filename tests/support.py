@@ -4,6 +4,7 @@ foreign peers the interop tests run."""
 from __future__ import annotations
 
 import array
+import asyncio
 import gc
 import io
 import json
@@ -15,6 +16,8 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -152,6 +155,10 @@ def python_child(code: str, *args: str, pass_fds: tuple[int, ...] = ()) -> subpr
                             text=True, cwd=PACKAGE_ROOT, pass_fds=pass_fds)
 
 
+#: Seconds the last close of a lingering socket (conftest's fixture) takes.
+LINGER = 3
+
+
 class Lingering:
     """A TCP socket on the loopback whose last close blocks for `seconds`
     (SO_LINGER with unsent data, the peer reading nothing): what a hostile
@@ -196,6 +203,73 @@ class Lingering:
         self.sock.close()
         self.peer.close()
         self.listener.close()
+
+
+def attach_lingering(peer: socket.socket, held: Lingering, data: bytes,
+                     *groups: list[int]) -> None:
+    """Send groups of descriptors with the lingering socket last, then drop
+    this copy of it: the receiver's copy is the last, its close the slow one."""
+    raw_send(peer, data, *groups[:-1], [*groups[-1], held.sock.fileno()])
+    held.sock.close()
+
+
+class Ticker:
+    """While on (a with block), a thread that wakes every `period` seconds:
+    `longest` is the longest it went without running, which is how long
+    any thread of this process was kept from running (the GIL held across
+    a close that blocks, say)."""
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period = period
+        self.longest = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fdpass-test-ticker")
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.period):
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            last = now
+        self.longest = max(self.longest, time.monotonic() - last)
+
+    def __enter__(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class LoopTicker:
+    """Ticker's twin for an event loop: a task that sleeps `period` seconds
+    at a time while on (an async with block); `longest` is the longest the
+    loop went without running it."""
+
+    def __init__(self, period: float = 0.01) -> None:
+        self.period = period
+        self.longest = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.period)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    async def __aenter__(self) -> LoopTicker:
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task is not None
+        await asyncio.sleep(self.period)  # a stall just before the end shows
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
 
 
 PEERS = Path(__file__).resolve().parent / "peers"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -190,3 +191,24 @@ def test_a_shared_sockets_queue_is_left_whole() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_signal_handler_runs_while_wait_for_discards_waits(
+        blocking: Callable[[], Lingering]) -> None:
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    discard(blocking().sock, own=True)  # a close that blocks for LINGER s
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            fdpass.wait_for_discards()
+        assert time.monotonic() - start < 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -352,3 +353,14 @@ def test_converters_on_a_closed_channel() -> None:
     for call in (rx.recv_file, rx.recv_socket, rx.peer_credentials):
         with pytest.raises(ValueError, match="closed channel"):
             call()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="open() knows encoding='locale' from 3.10")
+def test_recv_file_takes_the_locale_encoding_as_open_does(tmp_path: Path) -> None:
+    path = tmp_path / "text"
+    path.write_text("hello\n")
+    tx, rx = fdpass.FDChannel.pair()
+    with tx, rx, open(path, "rb") as f:
+        tx.send_fd(f)
+        with rx.recv_file("r", encoding="locale") as text:
+            assert text.read() == "hello\n"

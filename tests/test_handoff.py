@@ -524,7 +524,7 @@ def test_a_server_polling_its_offer_hands_over(path: str, listeners: Offered,
 
 # -- peers that speak garbage or another version ------------------------------
 
-def raw_header(kind: bytes, length: int, version: int = handoff.VERSION,
+def raw_header(kind: bytes, length: int, version: int = 1,
                magic: bytes = handoff.MAGIC) -> bytes:
     return struct.pack(">4sBcI", magic, version, kind, length)
 
@@ -613,13 +613,13 @@ def names_body(total: int, first: int, *names: str) -> bytes:
         struct.pack(">H", len(name.encode())) + name.encode() for name in names)
 
 
-def raw_frame(kind: bytes, body: bytes, version: int = handoff.VERSION) -> bytes:
+def raw_frame(kind: bytes, body: bytes, version: int = 1) -> bytes:
     return raw_header(kind, len(body), version) + body
 
 
 @pytest.mark.parametrize(("frames", "error"), [
     ([(b"HTTP/1.1 400 Bad Request\r\n\r\n", 0)], "does not speak fdpass handoff"),
-    ([(raw_frame(b"S", names_body(1, 0, "a"), version=2), 1)], "version 2"),
+    ([(raw_frame(b"S", names_body(1, 0, "a"), version=3), 1)], "version 3"),
     ([(raw_frame(b"S", names_body(1, 0, "a")), 2)], "1 names and 2 descriptors"),
     ([(raw_frame(b"S", names_body(2, 0, "a")), 1),
       (raw_frame(b"S", names_body(3, 1, "b")), 1)], "announcing 3 sockets after 2"),
@@ -628,8 +628,8 @@ def raw_frame(kind: bytes, body: bytes, version: int = handoff.VERSION) -> bytes
     ([(raw_frame(b"Q", b""), 0)], "expected a SOCKETS frame"),
     ([(raw_header(b"S", 1 << 21), 0)], "a handoff frame of"),
     ([(raw_header(b"S", 13) + names_body(1, 0, "a")[:5], 1)], "closed in a frame's body"),
-    ([(raw_frame(b"X", b"\x02version"), 0)], "refused the handoff: version"),
-], ids=["http", "version-2", "count", "total", "name-length", "utf-8", "kind", "huge",
+    ([(raw_frame(b"X", b"\x03protocol"), 0)], "refused the handoff: protocol"),
+], ids=["http", "version-3", "count", "total", "name-length", "utf-8", "kind", "huge",
         "truncated", "refused"])
 def test_take_from_an_offer_speaking_garbage_raises_and_leaks_nothing(
         path: str, frames: list[tuple[bytes, int]], error: str) -> None:

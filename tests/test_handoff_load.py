@@ -34,6 +34,8 @@ def test_three_handoffs_under_full_load_lose_no_connection(
     assert all(count > 0 for count in result.answers.values()), result
     # What the client counted is what each generation says it answered.
     assert result.answers == result.served, result
+    assert result.live_failures == {}, result  # long-lived connections moved, state intact
+    assert sorted(result.live) == [0, 1, 2, 3], result
     assert result.seconds < 30
 
 
@@ -44,6 +46,7 @@ def test_a_plain_restart_under_the_same_load_refuses_connections(
     with capsys.disabled():
         show("\nplain restart", result)
     assert result.failures.get("refused", 0) > 0, result
+    assert result.live_failures.get("reset or ended", 0) > 0, result  # not moved: ended
     assert sorted(result.answers) == [0, 1], result
 
 
@@ -54,7 +57,12 @@ def test_demo_handoff_command() -> None:
     handoff_line = next(line for line in lines if line.startswith("handoff: "))
     assert handoff_line.endswith("; 0 refused, 0 reset, 0 unanswered"), handoff_line
     assert all(f"generation {g}: " in handoff_line for g in range(4)), handoff_line
-    assert sum("took the listener over" in line for line in lines) == 3
+    assert sum("took the listeners and long-lived connections over" in line
+               for line in lines) == 3
+    live_line = lines[lines.index(handoff_line) + 1]
+    assert live_line.startswith("  long-lived: 3 connections, "), live_line
+    assert live_line.endswith("; 0 reset or ended, 0 unanswered, 0 state"), live_line
+    assert all(f"generation {g}: " in live_line for g in range(4)), live_line
     assert any(line.startswith("plain restart: ") for line in lines)
     assert lines[-1] == "the handoff lost no connection: 0 refused"
 

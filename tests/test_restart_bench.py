@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fdpass import _restart_bench, _restart_server, handoff
+from fdpass import _restart_bench, _restart_server
 from support import run_python
 
 KEYS = [m.key for m in _restart_bench.mechanisms()]
@@ -121,9 +121,6 @@ def test_every_row_is_measured_or_names_what_is_missing(
         quick_run: tuple[str, dict[str, Any], float]) -> None:
     _, document, _ = quick_run
     for row in document["rows"]:
-        if row["key"] == "fdpass-move" and not hasattr(handoff, "Item"):
-            assert "version 2" in row["reason"]
-            continue
         if row["key"].startswith("reuseport") and os.geteuid() != 0 and not row["measured"]:
             assert "run it as root" in row["reason"], row  # the other one is measured
             continue
@@ -143,11 +140,14 @@ def test_fdpass_loses_no_connection_and_no_request(
     assert listeners["unanswered"] == 0, listeners
     # Version 1 moves listeners only: the long-lived connections end, politely.
     assert listeners["detail"]["long_lived_ended"] > 0, listeners
-    if hasattr(handoff, "Item"):
-        moving = rows["fdpass-move"]
-        assert moving["measured"], moving
-        assert (moving["refused"], moving["reset_or_ended"], moving["unanswered"]) == (0, 0, 0), \
-            moving
+    # Version 2 moves them too: nothing ends.
+    moving = rows["fdpass-move"]
+    assert moving["measured"], moving
+    assert (moving["refused"], moving["reset_or_ended"], moving["unanswered"]) == (0, 0, 0), \
+        moving
+    assert moving["detail"]["server_notes"], moving  # "moved N kept 0" at each restart
+    assert all(note.startswith("moved ") and note.endswith(" kept 0")
+               for note in moving["detail"]["server_notes"]), moving
 
 
 @pytest.mark.interop  # nginx, HAProxy, tableflip, systemd-socket-activate

@@ -13,7 +13,7 @@ import resource
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,34 +22,9 @@ import fdpass
 from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, open_fds, raw_send, same_file
+from support import LINGER, Lingering, attach_lingering as attach, open_fds, raw_send, same_file
 
-LINGER = 3      # seconds the discarded socket's close would take
-PROMPT = 1.0    # a receive that waited for it would take LINGER
-
-
-@pytest.fixture
-def lingering() -> Iterator[Callable[[], Lingering]]:
-    """Makes lingering sockets; closes their reading ends at the end, so
-    that a close still waiting ends then."""
-    made: list[Lingering] = []
-
-    def make() -> Lingering:
-        made.append(Lingering(LINGER))
-        return made[-1]
-
-    try:
-        yield make
-    finally:
-        for held in made:
-            held.close()
-
-
-def attach(peer: socket.socket, held: Lingering, data: bytes, *groups: list[int]) -> None:
-    """Send groups of descriptors with the lingering socket last, then drop
-    this copy of it: the receiver's copy is the last, its close the slow one."""
-    raw_send(peer, data, *groups[:-1], [*groups[-1], held.sock.fileno()])
-    held.sock.close()
+PROMPT = 1.0    # a receive that waited for the close would take LINGER
 
 
 def timed(call: Callable[[], object]) -> float:
