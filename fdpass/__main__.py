@@ -1,4 +1,4 @@
-"""Command line: `python -m fdpass demo [handoff] | bench | info`."""
+"""Command line: `python -m fdpass demo [handoff] | bench [restart] | info`."""
 
 from __future__ import annotations
 
@@ -60,9 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                              help="the zero-downtime handoff demo")
     commands.add_parser("info", help="version, engine and platform facts")
     bench = commands.add_parser(
-        "bench", help="time every implementation found over the same workloads")
+        "bench", help="time every implementation found over the same workloads; with "
+                      "'restart', replace a loaded server by every restart mechanism found")
+    bench.add_argument("which", nargs="?", choices=["restart"],
+                       help="the restart bench: refused, reset and unanswered connections")
     bench.add_argument("--quick", action="store_true",
-                       help="a seconds-long smoke run (1/50 of the descriptors)")
+                       help="a seconds-long smoke run (1/50 of the descriptors; for "
+                            "restart, fewer restarts and clients)")
     bench.add_argument("--json", metavar="PATH",
                        help="also write the figures as JSON to PATH")
     bench.add_argument("--repeats", type=int, default=5, metavar="N",
@@ -73,8 +77,24 @@ def main(argv: list[str] | None = None) -> int:
                             "convert-file, convert-socket or burst")
     bench.add_argument("--targets", action="store_true",
                        help="also say whether the project's own performance targets were met")
+    bench.add_argument("--mechanism", action="append", default=[], metavar="NAME",
+                       help="restart: measure only this mechanism (may be repeated)")
+    bench.add_argument("--plot", metavar="PATH",
+                       help="restart: draw the latency over time to PATH (needs matplotlib)")
     args = parser.parse_args(argv)
+    if args.command == "bench" and args.which == "restart":
+        from fdpass import _restart_bench
+
+        keys = [m.key for m in _restart_bench.mechanisms()]
+        unknown = [key for key in args.mechanism if key not in keys]
+        if unknown:
+            parser.error(f"unknown mechanism {unknown[0]!r}: choose from {', '.join(keys)}")
+        if args.workload:
+            parser.error("--workload is for the descriptor bench, not restart")
+        return _restart_bench.run(args.quick, args.json, args.mechanism, args.plot)
     if args.command == "bench":
+        if args.mechanism or args.plot:
+            parser.error("--mechanism and --plot are for 'bench restart'")
         from fdpass import _bench  # its imports would slow every other command
 
         names = [w.name for w in _bench.WORKLOADS]

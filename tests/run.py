@@ -61,6 +61,12 @@ NEEDS = [
     Need("systemd", "systemd-socket-activate", lambda: found("systemd-socket-activate")),
     Need("python3-systemd", "libsystemd's Python binding, for the system interpreter",
          lambda: runs(SYSTEM_PYTHON, "-c", "import systemd.daemon")),
+    # The restart bench's foreign rows (tests/test_restart_bench.py).
+    Need("nginx", "nginx, whose binary upgrade the restart bench measures",
+         lambda: found("nginx")),
+    Need("golang-github-cloudflare-tableflip-dev",
+         "Go's tableflip, built offline by the restart bench",
+         lambda: Path("/usr/share/gocode/src/github.com/cloudflare/tableflip").is_dir()),
 ]
 
 

@@ -16,7 +16,8 @@ PACKAGE = Path(fdpass.__file__).resolve().parent
 
 #: Modules that play the user's part (benchmarks, soak, demos): they close
 #: what they receive as an application would.
-USERS = {"_bench.py", "_soak.py", "_demo.py", "_demo_handoff.py", "_benchfloor.pyx"}
+USERS = {"_bench.py", "_soak.py", "_demo.py", "_demo_handoff.py", "_benchfloor.pyx",
+         "_restart_bench.py", "_restart_server.py"}
 
 #: (file, the line's code): closes of descriptors that the package itself
 #: opened and never received, whose close cannot block.
