@@ -34,7 +34,7 @@ def _refuse_source_tree(package_dir: str) -> None:
 try:
     from fdpass._channel import MAX_FDS, FDChannel
     from fdpass._credentials import Credentials, Sender
-    from fdpass._engine import CLOEXEC_METHOD
+    from fdpass._engine import CLOEXEC_METHOD, wait_for_discards
     from fdpass._functional import get_errno, recv, send
 except ModuleNotFoundError:
     _refuse_source_tree(__path__[0])
@@ -60,4 +60,5 @@ __all__ = [
     "get_errno",
     "recv",
     "send",
+    "wait_for_discards",
 ]

@@ -1,3 +1,5 @@
+import socket
+
 from typing_extensions import CapsuleType
 
 PORTABLE: bool
@@ -7,8 +9,12 @@ FAMILY_METHOD: str
 CREDENTIALS_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
-def discard(fd: int) -> None: ...
-def wait_for_discards(timeout: float = -1.0) -> bool: ...
+CLOSERS: int
+
+def discard(f: int | socket.socket, *, own: bool = False) -> None: ...
+def discard_all(fds: list[int]) -> None: ...
+def wait_for_discards(timeout: float | None = None) -> bool: ...
+def closer_state() -> tuple[int, int, int]: ...
 def walk_control(
     control: bytes, maxfds: int, from_sender: bool = False
 ) -> tuple[

@@ -26,15 +26,25 @@ from fdpass._posix cimport (
     recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
+import os
+import socket as _socket
+
 from fdpass._errors import ProtocolError
 
 cdef extern from "fdpass_closer.h" nogil:
+    enum: FDPASS_CLOSERS
     int fdpass_closer_init()
-    void fdpass_discard(const int *fds, int n)
+    void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
+    void fdpass_closer_retire_idle()
+    void fdpass_closer_counts(int *workers, int *busy, size_t *queued)
 
 if fdpass_closer_init() != 0:
     raise MemoryError("pthread_atfork: cannot register the closer's fork handler")
+
+#: Closes that may block at once (files on a hung mount, sockets of the
+#: caller's that linger) before any other discard waits behind them.
+CLOSERS = FDPASS_CLOSERS
 
 
 cdef double monotonic() noexcept nogil:
@@ -295,29 +305,75 @@ cdef int send_all(int sock, const int *fds, int nfds, const char *data,
 
 
 cdef void discard_fds(const int *fds, int n) noexcept nogil:
-    """Descriptors nobody takes: the closer thread closes them, so that a
-    close that blocks stalls neither the caller nor its event loop."""
+    """Received descriptors nobody takes: the closer closes them (a socket
+    its sender set to linger, abortively), so that no close a peer chose
+    stalls the caller or its event loop."""
     if n > 0:
-        fdpass_discard(fds, n)
+        fdpass_discard(fds, n, 1)
 
 
-def discard(int fd):
-    """Close fd on the closer thread: for a socket whose queue may hold a
-    peer's descriptors (their last close can block), closed from an event
-    loop."""
-    if fd < 0:
-        raise ValueError(f"descriptor must be non-negative, got {fd}")
-    discard_fds(&fd, 1)
-
-
-def wait_for_discards(double timeout=-1.0):
-    """Wait until the closer has closed every descriptor discarded so far
-    (timeout seconds at most; < 0 waits for ever); True when it has.  For
-    code that counts its descriptors, such as the tests' leak check."""
-    cdef int idle
+def discard(f, *, bint own=False):
+    """Drop f, a descriptor number or a socket.socket (detached here), on
+    the closer: the one way fdpass drops a descriptor, in every module.
+    own: the library's or the caller's own (a channel's socket, a
+    listener), closed as it was set up; else a received one, refused (a
+    socket set to linger is closed without lingering)."""
+    cdef int fd
+    if isinstance(f, _socket.socket):
+        fd = f.detach()
+        if fd < 0:
+            return
+    elif PyLong_Check(f):
+        fd = f
+        if fd < 0:
+            raise ValueError(f"descriptor must be non-negative, got {fd}")
+    else:
+        raise TypeError(f"discard takes a descriptor number or a socket.socket, "
+                        f"not {type(f).__name__}")
     with nogil:
-        idle = fdpass_discards_wait(timeout)
+        fdpass_discard(&fd, 1, not own)
+
+
+def discard_all(fds):
+    """discard() each received descriptor of the list fds, emptying it."""
+    while fds:
+        discard(fds.pop())
+
+
+def wait_for_discards(timeout=None):
+    """Wait until every descriptor fdpass discarded so far is closed, and
+    its closing threads are gone; True then, False when timeout seconds
+    (None: no limit) passed first.  Discards are closed in the background;
+    this is for code that counts its descriptors or threads (a leak check,
+    a fork that follows)."""
+    cdef double seconds = -1.0
+    cdef int idle
+    if timeout is not None:
+        seconds = timeout
+        if not seconds >= 0:
+            raise ValueError(f"timeout must be None or a number >= 0, got {timeout!r}")
+    with nogil:
+        idle = fdpass_discards_wait(seconds)
     return bool(idle)
+
+
+def closer_state():
+    """(threads, closing, queued): the closer's threads alive, those of
+    them in a close, and the descriptors waiting for one."""
+    cdef int workers = 0, busy = 0
+    cdef size_t queued = 0
+    fdpass_closer_counts(&workers, &busy, &queued)
+    return workers, busy, queued
+
+
+def _retire_idle_closers():
+    with nogil:
+        fdpass_closer_retire_idle()
+
+
+# A fork finds no idle closing thread (only one blocked in a close, if any):
+# Python 3.12+ warns of forking a multi-threaded process.
+os.register_at_fork(before=_retire_idle_closers)
 
 
 cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nextra,

@@ -10,6 +10,7 @@ import socket
 from typing import NamedTuple
 
 from fdpass._channel import REFUSAL_ENV, FDChannel, refusal_forced_to_close
+from fdpass._engine import discard_all
 from fdpass._errors import ProtocolError
 
 
@@ -42,8 +43,7 @@ def identity_support() -> IdentitySupport:
                 passcred = True
                 ours.send_fds([ours], b"?")  # a descriptor sure to be open
                 _, fds, sender = theirs.recv_message_from(1)
-                for fd in fds + ([sender.pidfd] if sender.pidfd >= 0 else []):
-                    os.close(fd)
+                discard_all(fds + ([sender.pidfd] if sender.pidfd >= 0 else []))
                 message_pidfd = sender.pidfd >= 0
         except OSError as error:
             _unless_lacking(error)

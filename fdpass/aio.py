@@ -38,14 +38,6 @@ _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.E
 _CONNECT_RETRY_MAX = 0.05
 
 
-def _close_off_loop(sock: socket.socket) -> None:
-    """Close sock on fdpass's closer thread: its queue may hold a peer's
-    descriptors, whose last close can block for as long as the peer chose."""
-    fd = sock.detach()
-    if fd >= 0:
-        discard(fd)
-
-
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -175,7 +167,7 @@ class AsyncFDChannel:
         on it wake and raise ValueError, as calls on a closed channel do."""
         self._reading.unwatch()
         self._writing.unwatch()
-        _close_off_loop(self._sock)
+        discard(self._sock, own=True)  # its queue may hold a peer's descriptors
         self._channel.close()
 
     async def __aenter__(self) -> AsyncFDChannel:
@@ -386,7 +378,7 @@ class Server:
             return
         path = sock.getsockname()
         self._turns.unwatch()
-        _close_off_loop(sock)  # connections never accepted may hold descriptors
+        discard(sock, own=True)  # connections never accepted may hold descriptors
         if self._inode is not None and _socket_inode(path) == self._inode:
             os.unlink(path)
 
@@ -445,7 +437,7 @@ class Server:
             try:
                 channel = AsyncFDChannel(conn)
             except BaseException:
-                conn.close()
+                discard(conn, own=True)
                 raise
             task = loop.create_task(self._serve(channel))
             self._handlers.add(task)
@@ -685,7 +677,7 @@ async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeo
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.setblocking(False)
-        channel = FDChannel(conn)
+        channel = FDChannel(conn, closefd=False)
         watch = _Watch(conn)
         conversation = _handoff._Conversation(_handoff._take_steps())
 
@@ -702,5 +694,5 @@ async def take(path: StrOrBytesPath, timeout: float | None = None) -> AsyncTakeo
         return AsyncTakeover(conn, channel, channel.peer_credentials(),
                              _handoff._sockets_from(received), timeout)
     except BaseException:
-        conn.close()
+        discard(conn, own=True)
         raise

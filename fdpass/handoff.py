@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar, Union
 
 from fdpass._channel import MAX_FDS, FDChannel
 from fdpass._credentials import Credentials
+from fdpass._engine import discard, discard_all
 from fdpass._errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -82,11 +83,6 @@ def _frame(kind: bytes, body: bytes = b"", version: int = VERSION) -> bytes:
     return _HEADER.pack(MAGIC, version, kind, len(body)) + body
 
 
-def _close_all(fds: list[int]) -> None:
-    while fds:
-        os.close(fds.pop())
-
-
 def _read_exact(size: int, fds: list[int]) -> Generator[_Step, Any, bytes]:
     """size bytes (fewer only at the end of the stream), adding the
     descriptors that came with them to fds.  Never asks for a byte beyond
@@ -125,7 +121,7 @@ def _read_frame() -> Generator[_Step, Any, tuple[bytes, bytes, list[int]] | None
             raise ProtocolError(errno.EBADMSG, "the handoff peer closed in a frame's body")
         return kind, body, fds
     except BaseException:
-        _close_all(fds)
+        discard_all(fds)
         raise
 
 
@@ -174,7 +170,7 @@ def _expect(received: tuple[bytes, bytes, list[int]], kind: bytes,
     got, body, fds = received
     if got == kind and not body and not fds:
         return
-    _close_all(fds)
+    discard_all(fds)
     reason = f"expected {name}, got a {got!r} frame ({len(body)} bytes, {len(fds)} descriptors)"
     yield _Send(_refusal(REFUSED_PROTOCOL, reason))
     raise _Refused(reason)
@@ -215,12 +211,12 @@ def _take_steps() -> Generator[_Step, Any, list[tuple[str, int]]]:
                                         f"expected a SOCKETS frame, got {kind!r}")
                 total, names = _parse_batch(body, fds, len(received), total)
             except BaseException:
-                _close_all(fds)
+                discard_all(fds)
                 raise
             received.extend(zip(names, fds))
         return received
     except BaseException:
-        _close_all([fd for _, fd in received])
+        discard_all([fd for _, fd in received])
         raise
 
 
@@ -274,7 +270,7 @@ def _ready_steps() -> Generator[_Step, Any, None]:
             errno.ECONNABORTED, "the old process closed the handoff without confirming "
             "ready(): it may still be serving")
     kind, body, fds = got
-    _close_all(fds)
+    discard_all(fds)
     if kind == REFUSED:
         raise _refusal_error(body)
     if kind != DONE or body:
@@ -427,6 +423,15 @@ def _shut(sock: socket.socket) -> None:
         pass  # not connected, or gone already
 
 
+def _hang_up(channel: FDChannel, conn: socket.socket) -> None:
+    """End a handoff connection: its queue may hold the peer's descriptors,
+    whose last close can block for as long as the peer chose, so the
+    socket closes on the closer (a call waiting on the channel in another
+    thread has woken first: it never touches the number again)."""
+    channel.close()
+    discard(conn, own=True)
+
+
 def _qualified(obj: object) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
@@ -460,13 +465,13 @@ class _OfferState:
         """A successor connected: check its uid before anything is sent,
         then start the conversation with it."""
         if self.closed:  # from another thread, while it connected
-            conn.close()
+            discard(conn, own=True)
             return
         try:
-            channel = FDChannel(conn)
+            channel = FDChannel(conn, closefd=False)
             who = channel.peer_credentials()
         except BaseException:
-            conn.close()
+            discard(conn, own=True)
             raise
         if who.uid != self.uid:
             reason = f"uid {who.uid} is not uid {self.uid}"
@@ -474,13 +479,13 @@ class _OfferState:
                 conn.send(_refusal(REFUSED_UID, reason), _NOSIGNAL | socket.MSG_DONTWAIT)
             except OSError:
                 pass  # it is turned away either way
-            channel.close()
+            _hang_up(channel, conn)
             self.refused.append((who, reason))
             return
         try:  # the descriptor numbers of now: a socket closed since is not sent
             offered = _offered_descriptors(self._sockets)
         except BaseException:
-            channel.close()
+            _hang_up(channel, conn)
             raise
         self._peer = (conn, channel, _Conversation(_offer_steps(offered)), who)
 
@@ -509,7 +514,7 @@ class _OfferState:
             self._peer = None
             _shut(conn)
             conversation.close()
-            channel.close()
+            _hang_up(channel, conn)
 
     def finish(self) -> Credentials:
         """The successor said READY and has DONE: the offer ends."""
@@ -527,7 +532,7 @@ class _OfferState:
         if listener is None:
             return
         _shut(listener)
-        listener.close()
+        discard(listener, own=True)  # connections never accepted may hold descriptors
         try:
             if os.stat(self.path).st_ino == self._inode:
                 os.unlink(self.path)
@@ -624,7 +629,7 @@ class _TakeoverState:
         process to carry on.  The sockets stay open: they are the caller's."""
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._channel.close()
+            _hang_up(self._channel, conn)
 
     def __repr__(self) -> str:
         state = "closed" if self._conn is None else f"from pid {self.predecessor.pid}"
@@ -640,7 +645,7 @@ def _sockets_from(received: list[tuple[str, int]]) -> dict[str, socket.socket]:
             try:
                 sock = socket.socket(fileno=fd)
             except OSError as error:
-                _close_all([fd for _, fd in received[index:]])
+                discard_all([fd for _, fd in received[index:]])
                 raise ProtocolError(errno.EBADMSG, f"the old process sent {name!r}, which is "
                                                    f"no socket: {error}") from None
             if not os.get_blocking(fd) and sock.gettimeout() is None:
@@ -649,7 +654,7 @@ def _sockets_from(received: list[tuple[str, int]]) -> dict[str, socket.socket]:
         return sockets
     except BaseException:
         for sock in sockets.values():
-            sock.close()
+            discard(sock)
         raise
 
 
@@ -681,7 +686,7 @@ def take(path: StrOrBytesPath, timeout: float | None = None) -> Takeover:
     deadline = _deadline(timeout)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        channel = FDChannel(conn)
+        channel = FDChannel(conn, closefd=False)
         _settimeout(conn, deadline)
         try:
             conn.connect(os.fspath(path))
@@ -695,5 +700,5 @@ def take(path: StrOrBytesPath, timeout: float | None = None) -> Takeover:
             conversation.close()  # its descriptors closed unless it returned them
         return Takeover(conn, channel, predecessor, _sockets_from(received), timeout)
     except BaseException:
-        conn.close()
+        discard(conn, own=True)
         raise

@@ -1,9 +1,24 @@
-/* The closer: one background thread that closes the descriptors fdpass
- * discards (a peer's extras, a truncated message's, a failed conversion's).
- * The last close of a descriptor can block for as long as its sender chose
- * (a TCP socket with SO_LINGER and unsent data), so no thread of the
- * caller's, and no event loop, waits for it.  Plain C, no Python: it runs
- * without the GIL and survives interpreter state.
+/* The closer: the one discard path of fdpass.  Every descriptor the package
+ * drops (a peer's extras, a truncated message's, a failed conversion's, the
+ * handoff's and systemd's refusals, an asyncio channel's socket) is closed
+ * here, off the caller's thread and event loop, because the last close of a
+ * descriptor can block for as long as somebody else chose: a TCP socket with
+ * SO_LINGER and unsent data, a file on a hung FUSE or NFS mount.
+ *
+ * A pool of plain C threads, in the shape of CPython's ThreadPoolExecutor:
+ * an idle worker is reused before another is started, and a worker about to
+ * close while more work waits and nobody is idle starts another first, so a
+ * close that blocks holds up only itself.  At most FDPASS_CLOSERS threads
+ * exist; past that bound (that many closes blocked at once) discards queue,
+ * in memory bounded by the process's descriptor limit (one queued entry is
+ * one open descriptor).  A worker idle for FDPASS_CLOSER_IDLE_MS exits, so
+ * no thread exists while nothing is discarded, and fdpass_discards_wait()
+ * and the before-fork hook retire the idle ones at once.
+ *
+ * A received descriptor is the library's to refuse: a socket among them
+ * that its sender set to linger is closed abortively (SO_LINGER {1, 0}), so
+ * that a peer cannot pile up lingering sockets.  The caller's own sockets
+ * are closed as the caller set them up.
  *
  * Included by _engine.pyx only, so there is one closer per process. */
 #pragma once
@@ -12,138 +27,300 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+
+/* The bound: closes that may block at once without delaying any other. */
+#define FDPASS_CLOSERS 16
+#define FDPASS_CLOSER_IDLE_MS 50
+
+typedef struct {
+    int fd;
+    int received;  /* the library refuses it: no lingering */
+} fdpass_discarded;
 
 static pthread_mutex_t fdpass_closer_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fdpass_closer_work = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t fdpass_closer_done = PTHREAD_COND_INITIALIZER;
-static int *fdpass_closer_queue = NULL;
-static size_t fdpass_closer_length = 0, fdpass_closer_capacity = 0;
-static int fdpass_closer_started = 0;  /* the thread exists (in this process) */
-static int fdpass_closer_closing = 0;  /* it holds one descriptor it is closing */
+/* A ring: head is the oldest entry, so no discard waits behind newer ones. */
+static fdpass_discarded *fdpass_closer_queue = NULL;
+static size_t fdpass_closer_head = 0, fdpass_closer_length = 0, fdpass_closer_capacity = 0;
+static int fdpass_closer_workers = 0;  /* threads alive (in this process) */
+static int fdpass_closer_idle = 0;     /* of them, waiting for work */
+static int fdpass_closer_busy = 0;     /* of them, closing a descriptor */
+static int fdpass_closer_retire = 0;   /* idle workers exit now (a generation count) */
+/* Workers that have exited, to be joined: joined, a thread is gone from the
+ * process, which a fork that follows can count on. */
+static pthread_t fdpass_closer_exited[FDPASS_CLOSERS];
+static int fdpass_closer_nexited = 0;
+
+static void
+fdpass_close_discarded(fdpass_discarded entry)
+{
+    struct linger lg;
+    socklen_t length = sizeof(lg);
+    if (entry.received
+            && getsockopt(entry.fd, SOL_SOCKET, SO_LINGER, &lg, &length) == 0
+            && lg.l_onoff && lg.l_linger != 0) {
+        lg.l_onoff = 1;
+        lg.l_linger = 0;
+        setsockopt(entry.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+    }
+    close(entry.fd);  /* never retried on EINTR: the descriptor is gone either way */
+}
+
+static void
+fdpass_closer_deadline(struct timespec *deadline, double seconds)
+{
+    clock_gettime(CLOCK_REALTIME, deadline);
+    deadline->tv_sec += (time_t)seconds;
+    deadline->tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+    if (deadline->tv_nsec >= 1000000000L) {
+        deadline->tv_sec += 1;
+        deadline->tv_nsec -= 1000000000L;
+    }
+}
+
+static int fdpass_closer_start(void);
+
+/* With the lock held: whether the oldest entry was taken into *entry. */
+static int
+fdpass_closer_take(fdpass_discarded *entry)
+{
+    if (fdpass_closer_length == 0)
+        return 0;
+    *entry = fdpass_closer_queue[fdpass_closer_head];
+    fdpass_closer_head = (fdpass_closer_head + 1) % fdpass_closer_capacity;
+    fdpass_closer_length--;
+    return 1;
+}
 
 static void *
 fdpass_closer_main(void *unused)
 {
-    int fd;
+    fdpass_discarded entry;
+    struct timespec deadline;
+    int retire, rc;
     (void)unused;
     pthread_mutex_lock(&fdpass_closer_lock);
     for (;;) {
-        while (fdpass_closer_length == 0) {
-            fdpass_closer_closing = 0;
-            pthread_cond_broadcast(&fdpass_closer_done);
-            pthread_cond_wait(&fdpass_closer_work, &fdpass_closer_lock);
-        }
-        fd = fdpass_closer_queue[--fdpass_closer_length];
-        fdpass_closer_closing = 1;
+        retire = fdpass_closer_retire;
+        rc = 0;
+        fdpass_closer_deadline(&deadline, FDPASS_CLOSER_IDLE_MS / 1000.0);
+        fdpass_closer_idle++;
+        while (fdpass_closer_length == 0 && rc != ETIMEDOUT && retire == fdpass_closer_retire)
+            rc = pthread_cond_timedwait(&fdpass_closer_work, &fdpass_closer_lock, &deadline);
+        fdpass_closer_idle--;
+        if (!fdpass_closer_take(&entry))
+            break;
+        /* More waits and nobody is free for it: this close may block. */
+        if (fdpass_closer_length > 0 && fdpass_closer_idle == 0
+                && fdpass_closer_workers < FDPASS_CLOSERS && fdpass_closer_start() == 0)
+            fdpass_closer_workers++;
+        fdpass_closer_busy++;
         pthread_mutex_unlock(&fdpass_closer_lock);
-        close(fd);  /* never retried on EINTR: the descriptor is gone either way */
+        fdpass_close_discarded(entry);
         pthread_mutex_lock(&fdpass_closer_lock);
+        fdpass_closer_busy--;
+        if (fdpass_closer_length == 0 && fdpass_closer_busy == 0)
+            pthread_cond_broadcast(&fdpass_closer_done);
     }
+    if (fdpass_closer_nexited < FDPASS_CLOSERS)
+        fdpass_closer_exited[fdpass_closer_nexited++] = pthread_self();
+    else  /* a long burst outran the joins: this one cleans up after itself */
+        pthread_detach(pthread_self());
+    fdpass_closer_workers--;
+    pthread_cond_broadcast(&fdpass_closer_done);
+    pthread_mutex_unlock(&fdpass_closer_lock);
     return NULL;
 }
 
-/* A forked child has the queue but not the thread: it starts its own on the
- * next discard.  The lock may have been held at fork: make it anew. */
+/* Join the workers that have exited; called without the lock. */
 static void
-fdpass_closer_after_fork(void)
+fdpass_closer_join_exited(void)
+{
+    pthread_t exited[FDPASS_CLOSERS];
+    int i, n;
+    pthread_mutex_lock(&fdpass_closer_lock);
+    n = fdpass_closer_nexited;
+    memcpy(exited, fdpass_closer_exited, (size_t)n * sizeof(pthread_t));
+    fdpass_closer_nexited = 0;
+    pthread_mutex_unlock(&fdpass_closer_lock);
+    for (i = 0; i < n; i++)
+        pthread_join(exited[i], NULL);
+}
+
+/* fork: the child must not inherit a lock held mid-change. */
+static void
+fdpass_closer_before_fork(void)
+{
+    pthread_mutex_lock(&fdpass_closer_lock);
+}
+
+static void
+fdpass_closer_after_fork_parent(void)
+{
+    pthread_mutex_unlock(&fdpass_closer_lock);
+}
+
+/* A forked child has the queue (its own copies of those descriptors) but no
+ * thread: its own start on its next discard or wait. */
+static void
+fdpass_closer_after_fork_child(void)
 {
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     pthread_cond_t work = PTHREAD_COND_INITIALIZER, done = PTHREAD_COND_INITIALIZER;
     fdpass_closer_lock = lock;
     fdpass_closer_work = work;
     fdpass_closer_done = done;
-    fdpass_closer_started = 0;
-    fdpass_closer_closing = 0;
+    fdpass_closer_workers = fdpass_closer_idle = fdpass_closer_busy = 0;
+    fdpass_closer_nexited = 0;
 }
 
 static int
 fdpass_closer_init(void)
 {
-    return pthread_atfork(NULL, NULL, fdpass_closer_after_fork);
+    return pthread_atfork(fdpass_closer_before_fork, fdpass_closer_after_fork_parent,
+                          fdpass_closer_after_fork_child);
 }
 
-/* Start the thread with every signal blocked, so that signals go to the
- * interpreter's threads; 0, or an errno. */
+/* Start a worker with every signal blocked, so that signals go to the
+ * interpreter's threads; 0, or an errno.  With the lock held. */
 static int
 fdpass_closer_start(void)
 {
     pthread_t thread;
-    pthread_attr_t attr;
     sigset_t all, old;
     int err;
-    if (pthread_attr_init(&attr) != 0)
-        return ENOMEM;
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    err = pthread_create(&thread, &attr, fdpass_closer_main, NULL);
+    err = pthread_create(&thread, NULL, fdpass_closer_main, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_attr_destroy(&attr);
     return err;
 }
 
-/* Hand n descriptors to the closer.  Should memory or a thread be lacking,
- * they are closed here and now: late, never leaked. */
-static void
-fdpass_discard(const int *fds, int n)
+/* With the lock held: an idle worker told, or one started, for new work;
+ * 0 when neither could be (no thread at all: the caller closes). */
+static int
+fdpass_closer_wake(void)
 {
-    int i, *grown;
-    size_t capacity;
+    if (fdpass_closer_idle > 0) {
+        pthread_cond_signal(&fdpass_closer_work);
+        return 1;
+    }
+    if (fdpass_closer_workers < FDPASS_CLOSERS && fdpass_closer_start() == 0) {
+        fdpass_closer_workers++;
+        return 1;
+    }
+    return fdpass_closer_workers > 0;
+}
+
+/* With the lock held: room for n more entries; 0 when memory is lacking. */
+static int
+fdpass_closer_reserve(size_t n)
+{
+    size_t capacity, i;
+    fdpass_discarded *grown;
+    if (fdpass_closer_length + n <= fdpass_closer_capacity)
+        return 1;
+    capacity = 2 * (fdpass_closer_length + n) + 64;
+    grown = (fdpass_discarded *)malloc(capacity * sizeof(fdpass_discarded));
+    if (grown == NULL)
+        return 0;
+    for (i = 0; i < fdpass_closer_length; i++)
+        grown[i] = fdpass_closer_queue[(fdpass_closer_head + i) % fdpass_closer_capacity];
+    free(fdpass_closer_queue);
+    fdpass_closer_queue = grown;
+    fdpass_closer_head = 0;
+    fdpass_closer_capacity = capacity;
+    return 1;
+}
+
+/* Hand n descriptors to the closer; received: the library refuses them (a
+ * lingering socket among them is closed abortively).  Should memory or
+ * every thread be lacking, they are closed here and now: late, never leaked. */
+static void
+fdpass_discard(const int *fds, int n, int received)
+{
+    fdpass_discarded entry;
+    size_t tail;
+    int i;
     if (n <= 0)
         return;
+    if (fdpass_closer_nexited > 0)  /* a racy peek: a missed one is joined later */
+        fdpass_closer_join_exited();
     pthread_mutex_lock(&fdpass_closer_lock);
-    if (fdpass_closer_length + (size_t)n > fdpass_closer_capacity) {
-        capacity = 2 * (fdpass_closer_length + (size_t)n) + 64;
-        grown = (int *)realloc(fdpass_closer_queue, capacity * sizeof(int));
-        if (grown == NULL)
-            goto close_here;
-        fdpass_closer_queue = grown;
-        fdpass_closer_capacity = capacity;
+    if (!fdpass_closer_reserve((size_t)n))
+        goto close_here;
+    for (i = 0; i < n; i++) {
+        tail = (fdpass_closer_head + fdpass_closer_length) % fdpass_closer_capacity;
+        fdpass_closer_queue[tail].fd = fds[i];
+        fdpass_closer_queue[tail].received = received;
+        fdpass_closer_length++;
     }
-    if (!fdpass_closer_started) {
-        if (fdpass_closer_start() != 0)
-            goto close_here;
-        fdpass_closer_started = 1;
+    if (!fdpass_closer_wake()) {
+        /* No thread: take back what was just queued, and close it here. */
+        fdpass_closer_length -= (size_t)n;
+        goto close_here;
     }
-    for (i = 0; i < n; i++)
-        fdpass_closer_queue[fdpass_closer_length++] = fds[i];
-    pthread_cond_signal(&fdpass_closer_work);
     pthread_mutex_unlock(&fdpass_closer_lock);
     return;
 close_here:
     pthread_mutex_unlock(&fdpass_closer_lock);
-    for (i = 0; i < n; i++)
-        close(fds[i]);
+    for (i = 0; i < n; i++) {
+        entry.fd = fds[i];
+        entry.received = received;
+        fdpass_close_discarded(entry);
+    }
 }
 
-/* Wait until every discarded descriptor is closed, or timeout seconds
- * (< 0: for ever) pass; 1 when all are closed, else 0. */
+/* Retire the idle workers and wait until they are gone (joined); the busy
+ * ones, blocked in a close, stay. */
+static void
+fdpass_closer_retire_idle(void)
+{
+    pthread_mutex_lock(&fdpass_closer_lock);
+    fdpass_closer_retire++;
+    pthread_cond_broadcast(&fdpass_closer_work);
+    while (fdpass_closer_length == 0 && fdpass_closer_workers > fdpass_closer_busy)
+        pthread_cond_wait(&fdpass_closer_done, &fdpass_closer_lock);
+    pthread_mutex_unlock(&fdpass_closer_lock);
+    fdpass_closer_join_exited();
+}
+
+/* Wait until every discarded descriptor is closed and no closing thread is
+ * left, or timeout seconds (< 0: for ever) pass; 1 when so, else 0. */
 static int
 fdpass_discards_wait(double timeout)
 {
     struct timespec deadline;
-    int idle, rc = 0;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += (time_t)timeout;
-    deadline.tv_nsec += (long)((timeout - (double)(time_t)timeout) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec += 1;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    int rc = 0, idle;
+    fdpass_closer_deadline(&deadline, timeout < 0 ? 0 : timeout);
     pthread_mutex_lock(&fdpass_closer_lock);
-    if (fdpass_closer_length > 0 && !fdpass_closer_started
-            && fdpass_closer_start() == 0)  /* a forked child's leftovers */
-        fdpass_closer_started = 1;
-    pthread_cond_signal(&fdpass_closer_work);
-    while ((fdpass_closer_length > 0 || fdpass_closer_closing) && rc != ETIMEDOUT) {
+    if (fdpass_closer_length > 0)  /* a forked child's leftovers have no thread yet */
+        fdpass_closer_wake();
+    while ((fdpass_closer_length > 0 || fdpass_closer_busy > 0) && rc != ETIMEDOUT) {
         if (timeout < 0)
             pthread_cond_wait(&fdpass_closer_done, &fdpass_closer_lock);
         else
             rc = pthread_cond_timedwait(&fdpass_closer_done, &fdpass_closer_lock, &deadline);
     }
-    idle = fdpass_closer_length == 0 && !fdpass_closer_closing;
+    idle = fdpass_closer_length == 0 && fdpass_closer_busy == 0;
     pthread_mutex_unlock(&fdpass_closer_lock);
+    if (idle)
+        fdpass_closer_retire_idle();
     return idle;
+}
+
+/* Threads alive, and of them closing now: for the tests and the docs. */
+static void
+fdpass_closer_counts(int *workers, int *busy, size_t *queued)
+{
+    pthread_mutex_lock(&fdpass_closer_lock);
+    *workers = fdpass_closer_workers;
+    *busy = fdpass_closer_busy;
+    *queued = fdpass_closer_length;
+    pthread_mutex_unlock(&fdpass_closer_lock);
 }

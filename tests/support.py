@@ -8,6 +8,7 @@ import gc
 import io
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -18,7 +19,8 @@ import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from types import CodeType
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -37,6 +39,31 @@ def peer_pid(pid: int) -> int:
 
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fdpass.__file__)))
+
+# The clone the tests run from (PACKAGE_ROOT is where fdpass was imported
+# from: under tox, an installed wheel).
+REPOSITORY = Path(__file__).resolve().parent.parent
+DOC_PAGES = [REPOSITORY / "README.md", *sorted((REPOSITORY / "docs").glob("*.md"))]
+FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.M | re.S)
+
+
+class Block(NamedTuple):
+    """A fenced block of a page, with the line its code starts on."""
+
+    page: Path
+    line: int
+    language: str
+    code: str
+
+    def compiled(self) -> CodeType:
+        """Compiled so that a traceback names the page and its own line."""
+        return compile("\n" * (self.line - 1) + self.code, str(self.page), "exec")
+
+
+def doc_blocks(page: Path) -> list[Block]:
+    text = page.read_text(encoding="utf-8")
+    return [Block(page, text.count("\n", 0, found.start(2)) + 1, found.group(1).strip(),
+                  found.group(2)) for found in FENCE.finditer(text)]
 
 
 def open_fds() -> dict[int, str]:
@@ -132,6 +159,21 @@ class Lingering:
         self.sock.setblocking(True)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
                              struct.pack("ii", 1, seconds))
+
+    def reset_seen(self, timeout: float) -> bool:
+        """Whether the lingering end was closed abortively: its peer, reading
+        what was sent, meets a reset (an orderly close would end in EOF)."""
+        self.peer.settimeout(timeout)
+        try:
+            while self.peer.recv(65536):
+                pass
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.peer.settimeout(None)
+        return False
 
     def close(self) -> None:
         self.sock.close()

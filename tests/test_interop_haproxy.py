@@ -1,6 +1,6 @@
 """Wire compatibility with HAProxy, both ways, as at a reload: fdpass takes a
 real HAProxy's listening sockets over its stats socket (`expose-fd
-listeners`, the `_getsocks` command) with the README's
+listeners`, the `_getsocks` command) with the docs'
 take_haproxy_listeners, and hands listening sockets to a new `haproxy -x`,
 serving `_getsocks` as an old HAProxy does (src/cli.c and src/sock.c in
 HAProxy's source define the format)."""
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import os
-import re
 import signal
 import socket
 import struct
@@ -24,26 +23,26 @@ from typing import Any, NamedTuple, cast
 import pytest
 
 import fdpass
-from support import find_peer
+from support import REPOSITORY, doc_blocks, find_peer
 
 pytestmark = pytest.mark.interop
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+PORTING = REPOSITORY / "docs" / "porting.md"
 
 
-def readme_recipe(heading: str) -> dict[str, Any]:
+def docs_recipe(heading: str) -> dict[str, Any]:
     """The definitions (imports, constants, classes, functions) of the
-    Python block under heading in the README, without its demonstration."""
-    text = README.read_text(encoding="utf-8")
-    code = re.compile(r"```python\n(.*?)```", re.S).search(text, text.index(f"\n### {heading}\n"))
-    assert code, f"no Python block under {heading!r}"
-    tree = ast.parse(code.group(1))
-    ast.increment_lineno(tree, text.count("\n", 0, code.start(1)))  # README's own lines
+    Python block under heading in docs/porting.md, without its demonstration."""
+    text = PORTING.read_text(encoding="utf-8")
+    after = text.index(f"\n## {heading}\n")
+    block = next(block for block in doc_blocks(PORTING)
+                 if block.language == "python" and text.count("\n", 0, after) < block.line)
+    tree = ast.parse("\n" * (block.line - 1) + block.code)  # the page's own lines
     tree.body = [node for node in tree.body
                  if isinstance(node, (ast.Import, ast.ImportFrom, ast.Assign,
                                       ast.ClassDef, ast.FunctionDef))]
-    namespace: dict[str, Any] = {"__name__": "readme"}
-    exec(compile(tree, str(README), "exec"), namespace)
+    namespace: dict[str, Any] = {"__name__": "docs"}
+    exec(compile(tree, str(PORTING), "exec"), namespace)
     return namespace
 
 
@@ -53,7 +52,7 @@ class Listener(NamedTuple):
     interface: str
 
 
-RECIPE = readme_recipe("Take over HAProxy's listeners")
+RECIPE = docs_recipe("Take over HAProxy's listeners")
 take_haproxy_listeners = cast(Callable[[str], "list[Listener]"],
                               RECIPE["take_haproxy_listeners"])
 # HAProxy's MAX_SEND_FD, the most descriptors it sends in one batch (and

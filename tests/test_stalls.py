@@ -1,6 +1,8 @@
 """A descriptor fdpass discards may be one whose last close blocks (here a
 TCP socket with SO_LINGER and unsent data, as a hostile peer would attach):
-the closer thread closes it, so no receive waits for that close, no thread
+a received one is refused, so closed without lingering, on the closer; a
+close that does block (a lingering socket queued in one of the caller's own
+sockets) happens on the closer too, so no receive waits for it, no thread
 waits for the GIL, and no event loop stops."""
 
 from __future__ import annotations
@@ -61,7 +63,14 @@ def timed(call: Callable[[], object]) -> float:
 def assert_closing_off_thread() -> None:
     """The discarded socket is closing on the closer thread, and its close
     does block: it has not finished yet."""
-    assert not fdpass._engine.wait_for_discards(0.2)
+    assert not fdpass.wait_for_discards(0.2)
+
+
+def assert_refused_at_once(held: Lingering) -> None:
+    """The received lingering socket was closed without lingering: at once,
+    and its peer sees a reset, not an orderly end."""
+    assert fdpass.wait_for_discards(PROMPT)
+    assert held.reset_seen(PROMPT)
 
 
 RECEIVES: dict[str, Callable[[FDChannel], object]] = {
@@ -83,9 +92,10 @@ def test_an_extra_descriptor_is_discarded_without_waiting(
     # kernel drop it inside recvmsg, in this thread, holding the GIL.
     peer, mine = sockets
     with FDChannel(mine, closefd=False) as rx:
-        attach(peer, lingering(), b"\0", [0] * before)
+        held = lingering()
+        attach(peer, held, b"\0", [0] * before)
         assert timed(lambda: RECEIVES[call](rx)) < PROMPT
-        assert_closing_off_thread()
+        assert_refused_at_once(held)
         raw_send(peer, b"\0", [1])  # and the channel is in step
         got = rx.recv_fd()
         assert same_file(got, 1)
@@ -97,9 +107,10 @@ def test_a_record_too_long_is_discarded_without_waiting(
         lingering: Callable[[], Lingering], kind: int) -> None:
     peer, mine = socket.socketpair(socket.AF_UNIX, kind)
     with peer, mine, FDChannel(mine, closefd=False) as rx:
-        attach(peer, lingering(), b"longer than bufsize", [])
+        held = lingering()
+        attach(peer, held, b"longer than bufsize", [])
         assert timed(lambda: rx.recv_message(4)) < PROMPT
-        assert_closing_off_thread()
+        assert_refused_at_once(held)
 
 
 def test_closing_a_channel_with_a_queued_descriptor_keeps_the_gil_free(

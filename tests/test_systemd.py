@@ -9,7 +9,6 @@ from __future__ import annotations
 import array
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from fdpass import systemd
-from support import PACKAGE_ROOT
+from support import PACKAGE_ROOT, REPOSITORY, doc_blocks
 
 ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
 # systemd-socket-activate gives its child a fresh environment: pass on what
@@ -332,16 +331,14 @@ def test_the_interpreters_the_interop_tests_use() -> None:
     assert done.returncode == 0, "Debian's python3-systemd is missing: " + done.stderr
 
 
-# -- the README's descriptor-store recipe, against the real peers --------------
+# -- the docs' descriptor-store recipe, against the real peers --------------
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-RECIPE = next(block for block in re.findall(r"```python\n(.*?)```",
-                                            README.read_text(encoding="utf-8"), re.S)
-              if "systemd.store_fds(" in block)
+RECIPE = next(block.code for block in doc_blocks(REPOSITORY / "docs" / "systemd.md")
+              if "systemd.store_fds(" in block.code)
 
 
 @pytest.mark.interop
-def test_the_readme_recipe_stores_its_listener_and_finds_it_after_a_restart(
+def test_the_docs_recipe_stores_its_listener_and_finds_it_after_a_restart(
         notify_socket: tuple[socket.socket, str]) -> None:
     sock, value = notify_socket
     # First start: nothing passed; it binds, and stores the listener.
