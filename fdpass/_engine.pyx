@@ -21,9 +21,9 @@ from fdpass._posix cimport (
     FDPASS_MSG_NOSIGNAL, FDPASS_NOSIGPIPE_METHOD, FDPASS_PORTABLE_BUILD, FDPASS_SCM_PIDFD,
     FDPASS_SIGPIPE_GUARD, FDPASS_SO_DOMAIN, FDPASS_WOULD_BLOCK, MSG_CTRUNC, MSG_DONTWAIT,
     MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
-    cmsghdr, fdpass_control_t, fdpass_read_credentials, fdpass_sigpipe_block,
+    cmsghdr, fdpass_control_t, fdpass_read_credentials, fdpass_sendmsg, fdpass_sigpipe_block,
     fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd,
-    recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
+    recvmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
 import os
@@ -170,7 +170,7 @@ cdef double deadline_for(double timeout) noexcept nogil:
 
 
 cdef inline Py_ssize_t raw_call(bint writing, int sock, msghdr *msg, int flags) noexcept nogil:
-    return sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
+    return fdpass_sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
 
 
 cdef int full_buffer(int err, bint writing, int sock) noexcept nogil:
