@@ -1,7 +1,6 @@
 """Build the Cython engine.  Metadata lives in pyproject.toml."""
 
 import os
-import shutil
 import sys
 
 # Before cythonize: on Windows the build would fail later, in the compiler,
@@ -11,6 +10,8 @@ if sys.platform == "win32":
              "messages over AF_UNIX sockets, and Windows's carry none (see "
              "\"Platforms\" in the README: socket.socket.share() and "
              "multiprocessing.reduction.DupHandle are Windows's own ways).")
+
+import shutil  # after the check: on win32 it imports _winapi
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
