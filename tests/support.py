@@ -108,7 +108,14 @@ def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
     if MUSL and control > MUSL_SENDMSG_CONTROL_MAX:
         pytest.skip(f"musl's sendmsg() refuses {control} bytes of control data (over "
                     f"{MUSL_SENDMSG_CONTROL_MAX}), so the standard library cannot be this peer")
-    sock.sendmsg([data], ancillary)
+    try:
+        sock.sendmsg([data], ancillary)
+    except RuntimeError as error:
+        # CPython's sendmsg walks the buffer it builds with CMSG_NXTHDR, which
+        # on musl ends it early after an empty message.
+        if MUSL and "CMSG_NXTHDR" in str(error):
+            pytest.skip(f"the standard library's sendmsg on musl cannot send {groups!r} ({error})")
+        raise
 
 
 def close_all(fds: list[int]) -> None:
