@@ -7,6 +7,8 @@ import sys
 # msvcrt and socket.share): no compiler, no Cython, no extension.
 WINDOWS = sys.platform == "win32"
 if not WINDOWS:
+    import shutil  # not on win32, where it would import _winapi
+
     from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
@@ -42,6 +44,30 @@ extensions = [
 ]
 
 
+# What a machine that builds from source needs, by distribution: pip builds
+# from the sdist wherever no fdpass wheel fits the machine.
+TOOLCHAIN_HELP = """\
+fdpass: building from source needs {missing}.
+pip builds fdpass from source when none of its wheels fits this machine;
+install a C compiler and the headers of Python {version}, then run pip again:
+    Debian, Ubuntu:      apt-get install gcc python3-dev
+    Fedora, RHEL, Rocky: dnf install gcc python3-devel
+    Alpine:              apk add gcc musl-dev python3-dev
+For a Python other than the system's python3, its own headers: python{version}-dev
+on Debian and Ubuntu, python{version}-devel on Fedora and RHEL (pyenv's, conda's
+and python.org's builds have them already)."""
+
+
+def missing_toolchain(compiler: str, include_dirs: list) -> list:
+    """What of the compiler and Python.h this machine lacks, in words."""
+    missing = []
+    if shutil.which(compiler) is None:
+        missing.append(f"a C compiler ({compiler!r} is not installed)")
+    if not any(os.path.isfile(os.path.join(d, "Python.h")) for d in include_dirs):
+        missing.append("the Python headers (no Python.h in %s)" % ", ".join(include_dirs))
+    return missing
+
+
 class build_ext(_build_ext):
     """Recompiles every extension when the macros differ from the last
     build's into the same place: setuptools skips an extension whose .so
@@ -63,6 +89,17 @@ class build_ext(_build_ext):
         os.makedirs(os.path.dirname(stamp), exist_ok=True)
         with open(stamp, "w") as f:
             f.write(wanted)
+
+    def build_extensions(self) -> None:
+        """Says what to install where setuptools would end on a bare
+        "command 'gcc' failed" or "Python.h: No such file or directory"."""
+        if self.compiler.compiler_type == "unix":
+            missing = missing_toolchain(self.compiler.compiler_so[0], self.include_dirs)
+            if missing:
+                version = "%d.%d" % sys.version_info[:2]
+                raise SystemExit(TOOLCHAIN_HELP.format(missing=" and ".join(missing),
+                                                       version=version))
+        super().build_extensions()
 
 
 if WINDOWS:

@@ -14,7 +14,7 @@ from fdpass._posix cimport (
     CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_SPACE, FDPASS_HAVE_MMSG, FDPASS_MAX_BATCH,
     FDPASS_MAX_FDS, FDPASS_MSG_CMSG_CLOEXEC, FDPASS_MSG_NOSIGNAL, SCM_RIGHTS, SOL_SOCKET,
     cmsghdr, fdpass_control_t, fdpass_mmsghdr, fdpass_recv_call, fdpass_send_call, msghdr,
-    recvmsg, sendmsg,
+    fdpass_sendmsg, recvmsg,
 )
 
 
@@ -26,7 +26,7 @@ cdef int transfer(bint message, bint writing, int sock, msghdr *msg, int flags) 
     cdef Py_ssize_t rc
     while True:
         if message:
-            rc = sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
+            rc = fdpass_sendmsg(sock, msg, flags) if writing else recvmsg(sock, msg, flags)
         else:
             rc = write(sock, &byte, 1) if writing else read(sock, &byte, 1)
         if rc == 1:

@@ -25,7 +25,7 @@ from fdpass._posix cimport (
     FDPASS_HAVE_MMSG, FDPASS_MAX_BATCH, cmsghdr, fdpass_control_t, fdpass_mmsghdr,
     fdpass_read_credentials, fdpass_recv_call, fdpass_send_call, fdpass_sigpipe_block,
     fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd,
-    recvmsg, sendmsg, sockaddr, sockaddr_storage, socklen_t,
+    recvmsg, sockaddr, sockaddr_storage, socklen_t,
 )
 
 import os

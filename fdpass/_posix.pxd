@@ -99,6 +99,7 @@ cdef extern from "fdpass_compat.h" nogil:
     int fdpass_read_credentials(const cmsghdr *cmsg, size_t length,
                                 long *pid, long *uid, long *gid)
     int fdpass_nosigpipe(int fd)
+    ssize_t fdpass_sendmsg(int sockfd, const msghdr *msg, int flags)
 
     ctypedef struct fdpass_sigpipe_t:
         pass

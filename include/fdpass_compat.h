@@ -110,6 +110,27 @@ typedef char fdpass_sigpipe_t;
 #  define fdpass_sigpipe_restore(state, epipe) ((void)(state), (void)(epipe))
 #endif
 
+/* musl's sendmsg() on a 64-bit platform copies the control buffer, to
+ * zero the padding its struct cmsghdr has where the kernel's length is
+ * wider, into 1024 bytes of stack, and fails with ENOMEM on a larger
+ * one: MAX_FDS descriptors need 1032, more beside credentials.  There the
+ * engine makes the system call itself; every msghdr and control buffer it
+ * builds is zeroed first, padding included.  glibc's and the BSDs'
+ * sendmsg() pass the buffer as it is.  (musl defines no macro of its own:
+ * it is the Linux C library that is not glibc, bionic or uClibc.) */
+#if defined(__linux__) && !defined(__GLIBC__) && !defined(__BIONIC__) && !defined(__UCLIBC__) \
+    && defined(__LP64__)
+#  include <sys/syscall.h>
+#  include <unistd.h>
+#  define fdpass_sendmsg(fd, msg, flags) ((ssize_t)syscall(SYS_sendmsg, (fd), (msg), (flags)))
+/* Its sendmmsg() sends each message through that sendmsg(). */
+#  define fdpass_sendmmsg(fd, many, vlen, flags) \
+    ((int)syscall(SYS_sendmmsg, (fd), (many), (vlen), (flags)))
+#else
+#  define fdpass_sendmsg(fd, msg, flags) sendmsg((fd), (msg), (flags))
+#  define fdpass_sendmmsg(fd, many, vlen, flags) sendmmsg((fd), (many), (vlen), (flags))
+#endif
+
 /* EAGAIN and EWOULDBLOCK may be one value or two. */
 #define FDPASS_WOULD_BLOCK(e) ((e) == EAGAIN || (e) == EWOULDBLOCK)
 
@@ -339,11 +360,11 @@ fdpass_send_call(int sock, struct msghdr *msg, fdpass_mmsghdr *many,
 {
 #if FDPASS_HAVE_MMSG
     if (many != NULL)
-        return sendmmsg(sock, many, vlen, flags);
+        return fdpass_sendmmsg(sock, many, vlen, flags);
 #else
     (void)many; (void)vlen;
 #endif
-    return sendmsg(sock, msg, flags);
+    return fdpass_sendmsg(sock, msg, flags);
 }
 
 /* recvmsg of msg, or with many recvmmsg of up to vlen messages, returning

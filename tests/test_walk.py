@@ -15,6 +15,7 @@ import pytest
 
 from fdpass import MAX_FDS
 from fdpass._engine import PORTABLE, walk_control
+from support import MUSL
 
 SOL_SOCKET = socket.SOL_SOCKET
 SCM_RIGHTS = socket.SCM_RIGHTS
@@ -61,6 +62,11 @@ def test_a_length_beyond_the_buffer_takes_only_what_is_there() -> None:
 
 @pytest.mark.parametrize("length", [SIZE_MAX, SIZE_MAX - 7, 2 ** 63])
 def test_a_length_that_would_wrap_a_pointer_is_clamped(length: int) -> None:
+    if MUSL and length % 2 ** 32 < socket.CMSG_LEN(0):
+        # musl reads cmsg_len's low 32 bits alone: 2 ** 63 is a 0 there,
+        # a header shorter than itself, which ends the walk.
+        assert walk_control(rights(40, 41, length=length), MAX_FDS) == ([], [], 0, None)
+        return
     fds, extra, total, _ = walk_control(rights(40, 41, length=length), MAX_FDS)
     assert fds[:2] == [40, 41] and total == len(fds) <= 2 + 2  # its padding, at most
     assert not extra
