@@ -35,18 +35,22 @@ def no_fd_leak() -> Iterator[None]:
 
 
 @pytest.fixture
-def lingering() -> Iterator[Callable[[], Lingering]]:
-    """Makes lingering sockets (LINGER seconds); closes their reading ends
-    at the end, so that a close still waiting ends then."""
+def lingering() -> Iterator[Callable[..., Lingering]]:
+    """Makes lingering sockets (LINGER seconds, or as many as asked); at the
+    end their reading ends close first, which ends any close still waiting
+    (a reset), then everything."""
     made: list[Lingering] = []
 
-    def make() -> Lingering:
-        made.append(Lingering(LINGER))
+    def make(seconds: int = LINGER) -> Lingering:
+        made.append(Lingering(seconds))
         return made[-1]
 
     try:
         yield make
     finally:
+        for held in made:
+            held.peer.close()
+        assert wait_for_discards(10), "a close still lingers"
         for held in made:
             held.close()
 

@@ -9,7 +9,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -25,23 +25,20 @@ def threads() -> int:
 
 
 @pytest.fixture
-def blocking() -> Iterator[Callable[[], Lingering]]:
+def blocking(lingering: Callable[..., Lingering]) -> Callable[[], Lingering]:
     """Makes sockets whose close blocks (the caller's own: the closer closes
-    them as set up); at the end their peers close, which ends each close."""
-    made: list[Lingering] = []
+    them as set up) for LINGER s, unless the test ends first."""
+    return lambda: lingering(LINGER)
 
-    def make() -> Lingering:
-        made.append(Lingering(LINGER))
-        return made[-1]
 
-    try:
-        yield make
-    finally:
-        for held in made:
-            held.peer.close()  # a reset: the lingering close returns
-        assert fdpass.wait_for_discards(10)
-        for held in made:
-            held.close()
+def assert_closed_without_lingering(held: list[Lingering], drop: Callable[[], None]) -> None:
+    """drop() discards the lingering sockets held (or what holds them): they
+    are closed at once, and abortively."""
+    start = time.monotonic()
+    drop()
+    assert fdpass.wait_for_discards(2)
+    assert time.monotonic() - start < 2
+    assert all(h.reset_seen(2) for h in held)
 
 
 def eof_after(discarded_end: int, other_end: int, timeout: float) -> float | None:
@@ -119,20 +116,17 @@ def test_past_the_bound_discards_queue_until_a_close_ends(
         os.close(r)
 
 
-def test_a_received_lingering_socket_never_occupies_a_thread() -> None:
+def test_a_received_lingering_socket_never_occupies_a_thread(
+        blocking: Callable[[], Lingering]) -> None:
     # The library refuses what it receives: whatever linger its sender set,
     # it is closed without lingering, so none piles up.
-    held = [Lingering(LINGER) for _ in range(2 * CLOSERS)]
-    try:
-        start = time.monotonic()
+    held = [blocking() for _ in range(2 * CLOSERS)]
+
+    def drop() -> None:
         for h in held:
             discard(h.sock.detach())
-        assert fdpass.wait_for_discards(2)
-        assert time.monotonic() - start < 2
-        assert all(h.reset_seen(2) for h in held)
-    finally:
-        for h in held:
-            h.close()
+
+    assert_closed_without_lingering(held, drop)
 
 
 def test_a_discarded_socket_object_is_detached() -> None:
@@ -150,25 +144,18 @@ def test_wait_for_discards_refuses_a_negative_timeout(value: float) -> None:
         fdpass.wait_for_discards(value)
 
 
-def test_an_own_sockets_queue_cannot_make_its_close_linger() -> None:
+def test_an_own_sockets_queue_cannot_make_its_close_linger(
+        blocking: Callable[[], Lingering]) -> None:
     # A peer's lingering socket, in flight in the queue of one of the
     # caller's AF_UNIX sockets, would be closed with it (and block): the
     # closer turns its linger off first, through a peeked copy.
-    held = [Lingering(LINGER) for _ in range(3)]
+    held = [blocking() for _ in range(3)]
     a, b = socket.socketpair()
-    try:
-        with a:
-            for h in held:
-                raw_send(a, b"\0", [h.sock.fileno()])
-                h.sock.close()
-            start = time.monotonic()
-            discard(b, own=True)
-            assert fdpass.wait_for_discards(2)
-            assert time.monotonic() - start < 2
-            assert all(h.reset_seen(2) for h in held)
-    finally:
+    with a:
         for h in held:
-            h.close()
+            raw_send(a, b"\0", [h.sock.fileno()])
+            h.sock.close()
+        assert_closed_without_lingering(held, lambda: discard(b, own=True))
 
 
 def test_a_shared_sockets_queue_is_left_whole() -> None:
