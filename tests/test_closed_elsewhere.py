@@ -46,18 +46,32 @@ def reuse_number(number: int) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-@pytest.mark.parametrize("wait", sorted(WAITS))
-def test_a_waiting_receive_never_reads_from_the_numbers_new_owner(wait: str) -> None:
+Waiting = tuple[FDChannel, socket.socket, threading.Thread, list[BaseException | object],
+                socket.socket, socket.socket]
+
+
+def closed_while_waiting(wait: str, call: Callable[[FDChannel], object]) -> Waiting:
+    """A channel over a socket.socket whose call(channel) waits in another
+    thread while the socket is closed behind the channel's back and its
+    number goes to a new connection: (channel, the old socket's peer, the
+    thread, its outcome, the new connection's two ends)."""
     closefd, timeout = WAITS[wait]
     mine, peer = socket.socketpair()
     mine.settimeout(timeout)
     number = mine.fileno()
     channel = FDChannel(mine, closefd=closefd)
-    thread, outcome = waiting(channel.recv_fd)
+    thread, outcome = waiting(lambda: call(channel))
     thread.join(0.3)
     assert thread.is_alive(), outcome
     mine.close()  # elsewhere, behind the channel's back
     unrelated, its_peer = reuse_number(number)
+    return channel, peer, thread, outcome, unrelated, its_peer
+
+
+@pytest.mark.parametrize("wait", sorted(WAITS))
+def test_a_waiting_receive_never_reads_from_the_numbers_new_owner(wait: str) -> None:
+    channel, peer, thread, outcome, unrelated, its_peer = closed_while_waiting(
+        wait, lambda channel: channel.recv_fd())
     with unrelated, its_peer, peer, channel:
         r, w = os.pipe()
         try:
@@ -79,17 +93,9 @@ def test_a_waiting_receive_never_reads_from_the_numbers_new_owner(wait: str) -> 
 
 @pytest.mark.parametrize("wait", sorted(WAITS))
 def test_a_waiting_send_never_writes_to_the_numbers_new_owner(wait: str) -> None:
-    closefd, timeout = WAITS[wait]
-    mine, peer = socket.socketpair()
-    mine.settimeout(timeout)
-    number = mine.fileno()
-    channel = FDChannel(mine, closefd=closefd)
     payload = b"x" * (4 << 20)  # far more than the socket buffers: the send waits
-    thread, outcome = waiting(lambda: channel.send_fds([0], payload))
-    thread.join(0.3)
-    assert thread.is_alive(), outcome
-    mine.close()
-    unrelated, its_peer = reuse_number(number)
+    channel, peer, thread, outcome, unrelated, its_peer = closed_while_waiting(
+        wait, lambda channel: channel.send_fds([0], payload))
     with unrelated, its_peer, peer, channel:
         # Room on the old socket wakes the send.  Read without ancillary
         # data: the kernel drops the descriptor that went with the first byte.
