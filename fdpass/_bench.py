@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TextIO
 
 import fdpass
-from fdpass import _benchfloor
+from fdpass import _benchfloor, _engine
 
 #: A worker that has not finished after this many seconds is killed.
 WORKER_DEADLINE = 300.0
@@ -145,7 +145,7 @@ class FloorMmsg(Implementation):
         return "" if _benchfloor.HAVE_MMSG else "no recvmmsg/sendmmsg in this build"
 
     def supports(self, w: Workload) -> bool:
-        return bool(w.burst)
+        return bool(w.burst) and _engine.BATCH_METHOD == "recvmmsg/sendmmsg"
 
     def send(self, sock: socket.socket, fd: int, messages: int, w: Workload) -> None:
         _benchfloor.send_bursts(sock.fileno(), fd, messages // w.burst, w.burst)

@@ -618,13 +618,14 @@ Sends and receives open descriptors over an AF_UNIX socket
             return self._from_backlog(max_messages)
         sock = self._begin(&timeout)
         try:
-            bufs = <char *>PyMem_Malloc(max_messages * (bufsize + sizeof(Received)
-                                                        + maxfds * sizeof(int)))
-            if bufs == NULL:
+            # The structs first, where PyMem_Malloc aligns them, the bytes last.
+            outs = <Received *>PyMem_Malloc(max_messages * (sizeof(Received) + bufsize
+                                                            + maxfds * sizeof(int)))
+            if outs == NULL:
                 raise MemoryError(f"cannot allocate room for {max_messages} messages")
             try:
-                outs = <Received *>(bufs + max_messages * bufsize)
                 fds = <int *>(outs + max_messages)
+                bufs = <char *>(fds + max_messages * maxfds)
                 count = recv_messages(sock, bufs, bufsize, fds, taken,
                                       max_messages,
                                       (0 if self._type == SOCK_STREAM else MSG_TRUNC)
@@ -652,7 +653,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                         discard_fds(fds + i * taken, outs[i].nfds)
                     raise
             finally:
-                PyMem_Free(bufs)
+                PyMem_Free(outs)
         finally:
             self._end()
         self._backlog = items

@@ -11,6 +11,7 @@ BATCH_METHOD: str
 __pyx_capi__: dict[str, CapsuleType]
 
 CLOSERS: int
+DEFUSES_QUEUES: bool
 FORK_GRACE: float
 
 def discard(f: int | socket.socket, *, own: bool = False) -> None: ...

@@ -35,6 +35,7 @@ from fdpass._errors import ProtocolError
 
 cdef extern from "fdpass_closer.h" nogil:
     enum: FDPASS_CLOSERS
+    enum: FDPASS_DEFUSES_QUEUES
     int fdpass_closer_init()
     void fdpass_discard(const int *fds, int n, int received)
     int fdpass_discards_wait(double timeout)
@@ -48,6 +49,10 @@ if fdpass_closer_init() != 0:
 #: Closes that may block at once (files on a hung mount, sockets of the
 #: caller's that linger) before any other discard waits behind them.
 CLOSERS = FDPASS_CLOSERS
+#: Whether a socket's queue is defused before its close (Linux's SO_PEEK_OFF;
+#: not in the portable build): else a peer's in-flight lingering socket can
+#: make that close block a closing thread.
+DEFUSES_QUEUES = bool(FDPASS_DEFUSES_QUEUES)
 
 
 cdef double monotonic() noexcept nogil:

@@ -37,6 +37,14 @@
 
 #include "fdpass_compat.h"
 
+/* Whether a queue can be peeked whole (SO_PEEK_OFF is Linux's): elsewhere,
+ * and in the portable build, in-flight descriptors close as they are. */
+#if defined(SO_PEEK_OFF) && !defined(FDPASS_PORTABLE)
+#  define FDPASS_DEFUSES_QUEUES 1
+#else
+#  define FDPASS_DEFUSES_QUEUES 0
+#endif
+
 /* The bound: closes that may block at once without delaying any other. */
 #define FDPASS_CLOSERS 16
 #define FDPASS_CLOSER_IDLE_MS 50
@@ -96,7 +104,7 @@ fdpass_no_linger(int fd)
 static void
 fdpass_defuse_queue_at(int fd, int depth)
 {
-#if defined(SO_PEEK_OFF) && !defined(FDPASS_PORTABLE)
+#if FDPASS_DEFUSES_QUEUES
     char scratch[16384];  /* peeked bytes, dropped */
     fdpass_control_t control;
     struct sockaddr_storage addr;

@@ -31,6 +31,20 @@ import fdpass
 import fdpass._engine
 from fdpass._engine import wait_for_discards as wait_for_discards  # for the tests
 
+
+def needs_defused_queues() -> None:
+    """Skip where the build cannot defuse a socket's queue before closing it
+    (the portable build, like BSD and macOS, has no SO_PEEK_OFF)."""
+    if not fdpass._engine.DEFUSES_QUEUES:
+        pytest.skip("this build cannot peek a whole queue (SO_PEEK_OFF is Linux's): "
+                    "in-flight lingering sockets close as they are")
+
+
+def needs_passcred() -> None:
+    """Skip where the build has no per-message credentials (portable)."""
+    if fdpass._engine.PORTABLE:
+        pytest.skip("the portable build has no SO_PASSCRED")
+
 #: Linux's numbers, for Pythons whose socket module lacks the names.
 SO_PASSCRED = getattr(socket, "SO_PASSCRED", 16)
 SO_PASSPIDFD = getattr(socket, "SO_PASSPIDFD", 76)

@@ -15,7 +15,7 @@ import pytest
 
 import fdpass
 from fdpass._engine import CLOSERS, closer_state, discard
-from support import Lingering, raw_send, same_file
+from support import Lingering, needs_defused_queues, raw_send, same_file
 
 LINGER = 30  # seconds a blocked close would last: the tests end it sooner
 
@@ -149,6 +149,7 @@ def test_an_own_sockets_queue_cannot_make_its_close_linger(
     # A peer's lingering socket, in flight in the queue of one of the
     # caller's AF_UNIX sockets, would be closed with it (and block): the
     # closer turns its linger off first, through a peeked copy.
+    needs_defused_queues()
     held = [blocking() for _ in range(3)]
     a, b = socket.socketpair()
     with a:

@@ -83,7 +83,9 @@ def test_every_example_is_included_in_a_page_never_copied() -> None:
 @pytest.mark.parametrize("example", [
     pytest.param(path, id=path.name, marks=[pytest.mark.skipif(
         path.name == "broker.py" and os.geteuid() != 0,
-        reason="the broker example changes uid: it runs as root")])
+        reason="the broker example changes uid: it runs as root"), pytest.mark.skipif(
+        path.name == "broker.py" and PORTABLE,
+        reason="the broker example needs SO_PASSCRED, which the portable build lacks")])
     for path in EXAMPLES])
 def test_example_runs(example: Path) -> None:
     """Run as a user runs it, in a process of its own; any warning fails it

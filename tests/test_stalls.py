@@ -22,7 +22,10 @@ import fdpass
 from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
-from support import LINGER, Lingering, attach_lingering as attach, open_fds, raw_send, same_file
+from support import (
+    LINGER, Lingering, attach_lingering as attach, needs_defused_queues, open_fds, raw_send,
+    same_file,
+)
 
 PROMPT = 1.0    # a receive that waited for the close would take LINGER
 
@@ -95,6 +98,7 @@ def test_closing_a_channel_with_a_queued_lingering_socket_does_not_wait(
         lingering: Callable[[], Lingering], wrapped: str) -> None:
     # The socket's queue holds the lingering socket: the last close of the
     # channel's socket closes it too.  Its linger is turned off first.
+    needs_defused_queues()
     peer, mine = stream
     held = lingering()
     attach(peer, held, b"\0", [])

@@ -40,7 +40,7 @@ import fdpass
 from fdpass import FDChannel, ProtocolError, aio
 from fdpass._engine import CLOSERS, closer_state, discard
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, attach_lingering, raw_send
+from support import Lingering, attach_lingering, needs_defused_queues, raw_send
 
 SECONDS = float(os.environ.get("FDPASS_STARVE_SECONDS", "2"))
 RATE = 50         # lingering sockets a second, from the hostile peer
@@ -344,6 +344,7 @@ def unix_socket_holding(one: Lingering, depth: int) -> socket.socket:
 def test_refused_unix_sockets_carrying_lingering_ones_starve_no_closer(
         stream: tuple[socket.socket, socket.socket], pipe: tuple[int, int],
         depth: int) -> None:
+    needs_defused_queues()
     # A peer's extras are AF_UNIX sockets, each with a lingering socket in
     # its queue (or deeper): refusing them (SO_LINGER means nothing to an AF_UNIX
     # socket) must defuse their queues, or CLOSERS of them starve the closer.
@@ -365,6 +366,7 @@ def test_refused_unix_sockets_carrying_lingering_ones_starve_no_closer(
 def test_clients_leaving_lingering_sockets_unread_starve_no_server(tmp_path: Path) -> None:
     # CLOSERS clients each leave a lingering socket unread in a connection
     # the server then closes: its own socket, whose queue is defused.
+    needs_defused_queues()
     path = tmp_path / "s"
     held = [Lingering(1) for _ in range(CLOSERS)]
 
