@@ -548,6 +548,14 @@ class ReusePort(Mechanism):
         return new
 
 
+
+#: systemd-socket-activate gives its child a fresh environment: what an
+#: interpreter run under a sanitizer (tox -e sanitize) or from a chosen
+#: path needs its children to keep.
+KEPT_ENVIRONMENT = [f"--setenv={name}" for name in (
+    "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS", "PYTHONMALLOC", "PYTHONPATH")
+    if name in os.environ]
+
 class Systemd(Mechanism):
     """systemd-socket-activate opens the listener and execs a supervisor
     that holds it, as PID 1 does, and restarts the service under it on
@@ -560,8 +568,8 @@ class Systemd(Mechanism):
     def start(self, procs: Processes, tag_file: Path) -> int:
         self.supervisor = procs.start([
             program("systemd-socket-activate") or "", "-l", f"127.0.0.1:{procs.port}",
-            "--fdname=http", "--", sys.executable, "-m", "fdpass._restart_server",
-            "supervise", str(tag_file)])
+            "--fdname=http", *KEPT_ENVIRONMENT, "--", sys.executable, "-m",
+            "fdpass._restart_server", "supervise", str(tag_file)])
         probe(procs.port)  # the activator waits for a first connection
         return procs.ready()
 
