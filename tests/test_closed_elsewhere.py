@@ -46,7 +46,7 @@ def reuse_number(number: int) -> tuple[socket.socket, socket.socket]:
     return a, b
 
 
-Waiting = tuple[FDChannel, socket.socket, threading.Thread, list[BaseException | object],
+Waiting = tuple[FDChannel, socket.socket, threading.Thread, list[object],
                 socket.socket, socket.socket]
 
 
