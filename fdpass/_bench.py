@@ -547,8 +547,8 @@ class BenchError(Exception):
 
 @contextmanager
 def passed_descriptor(w: Workload) -> Iterator[int]:
-    """What the sender passes: a file for convert-file, a socket for
-    convert-socket, else /dev/null."""
+    """What the sender passes: a read-only file for convert-file, a socket
+    for convert-socket, else /dev/null."""
     with ExitStack() as stack:
         if w.convert == "socket":
             a, b = socket.socketpair()
@@ -556,8 +556,12 @@ def passed_descriptor(w: Workload) -> Iterator[int]:
             stack.enter_context(b)
             yield a.fileno()
         elif w.convert == "file":
-            f = stack.enter_context(tempfile.TemporaryFile())
-            yield f.fileno()
+            # Read-only, so that recv_file()'s mode (from the access flags)
+            # and the by-hand row's open(fd, "rb") make the same object.
+            directory = stack.enter_context(tempfile.TemporaryDirectory())
+            path = os.path.join(directory, "passed")
+            open(path, "xb").close()
+            yield stack.enter_context(open(path, "rb")).fileno()
         else:
             yield stack.enter_context(open(os.devnull, "rb")).fileno()
 

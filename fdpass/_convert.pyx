@@ -10,21 +10,54 @@ from fdpass._engine cimport discard_fds, raise_os_error
 from fdpass._posix cimport FDPASS_O_PATH
 
 import codecs
+import os as _os
 import socket as _socket
 import sys
+import warnings
+from itertools import permutations
+from io import BufferedRandom, BufferedReader, BufferedWriter, FileIO, TextIOWrapper
 
-cdef frozenset MODE_CHARS = frozenset("rwaxbt+")
 cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
+
+
+cdef class _Mode:
+    """What one of open()'s modes asks of a descriptor, worked out once."""
+    cdef readonly str raw        # FileIO's mode: one of "rwax", and "+"
+    cdef readonly bint reads, writes, text
+
+
+cdef dict make_modes():
+    """Every mode open() takes, each spelling of it (its characters in any
+    order), so that a mode is checked by one lookup."""
+    modes = {}
+    for first in "rwax":
+        for rest in ("", "+", "b", "t", "+b", "+t"):
+            for spelling in permutations(first + rest):
+                m = _Mode()
+                m.raw = first + "+" * ("+" in rest)
+                m.reads = first == "r" or "+" in rest
+                m.writes = first != "r" or "+" in rest
+                m.text = "b" not in rest
+                modes["".join(spelling)] = m
+    return modes
+
+
+cdef dict MODES = make_modes()
+#: What mode=None gives, from the descriptor's access flags.
+cdef _Mode RB = MODES["rb"], WB = MODES["wb"], AB = MODES["ab"]
+cdef _Mode RPB = MODES["r+b"], APB = MODES["a+b"]
 
 
 cdef int check_open_args(object mode, object buffering, object encoding, object errors,
                          object newline) except -1:
     """open()'s own checks of what needs no descriptor, made before a
-    message is received, so that a mistake consumes nothing.  open()'s
-    defaults need no check: recv_file() pays none."""
-    cdef bint text = False
-    if (mode is None and encoding is None and errors is None and newline is None
-            and type(buffering) is int):
+    message is received, so that a mistake consumes nothing.  The binary
+    modes with open()'s defaults cost one lookup."""
+    cdef _Mode m = MODES.get(mode) if type(mode) is str else None
+    cdef int size
+    if (encoding is None and errors is None and newline is None and type(buffering) is int
+            and (mode is None or (m is not None and not m.text))):
+        size = buffering  # open()'s OverflowError past a C int
         return 0
     for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
                         ("newline", newline)):
@@ -32,17 +65,12 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
             raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
     if not isinstance(buffering, int):
         raise TypeError(f"buffering must be an int, not {type(buffering).__name__}")
-    if mode is not None:
-        chars = frozenset(mode)
-        if not chars <= MODE_CHARS or len(chars) != len(mode):
-            raise ValueError(f"invalid mode: {mode!r}")
-        if len(chars & frozenset("rwax")) != 1:
-            raise ValueError(f"invalid mode {mode!r}: it must have exactly one of "
-                             "read, write, append or create")
-        if "t" in chars and "b" in chars:
-            raise ValueError(f"invalid mode {mode!r}: text and binary at once")
-        text = "b" not in chars
-    if not text:
+    size = buffering
+    if mode is not None and m is None:
+        m = MODES.get(str(mode))
+        if m is None:
+            refuse_mode(mode)
+    if m is None or not m.text:
         for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
             if value is not None:
                 raise ValueError(f"binary mode doesn't take an {name} argument "
@@ -58,6 +86,17 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
     return 0
 
 
+cdef int refuse_mode(str mode) except -1:
+    """Say what is wrong with a mode open() would refuse."""
+    chars = frozenset(mode)
+    if not chars <= frozenset("rwaxbt+") or len(chars) != len(mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    if len(chars & frozenset("rwax")) != 1:
+        raise ValueError(f"invalid mode {mode!r}: it must have exactly one of "
+                         "read, write, append or create")
+    raise ValueError(f"invalid mode {mode!r}: text and binary at once")
+
+
 cdef int access_flags(int fd) except -1:
     """The descriptor's F_GETFL flags; O_PATH ones are refused, as no
     file object can read or write through them."""
@@ -70,53 +109,91 @@ cdef int access_flags(int fd) except -1:
     return flags
 
 
-cdef str file_mode(int fd, object mode):
+cdef _Mode file_mode(int fd, object mode):
     """mode, checked against what the descriptor allows; for None, the
     binary mode its access flags give (as the sender opened it)."""
     cdef int flags = access_flags(fd)
     cdef int access = flags & O_ACCMODE
     cdef bint readable = access == O_RDONLY or access == O_RDWR
     cdef bint writable = access == O_WRONLY or access == O_RDWR
+    cdef _Mode m
     if mode is None:
         if not writable:
-            return "rb"
-        prefix = "a" if flags & O_APPEND else ("r" if readable else "w")
-        return prefix + ("+b" if readable else "b")
-    if ("r" in mode or "+" in mode) and not readable:
+            return RB
+        if flags & O_APPEND:
+            return APB if readable else AB
+        return RPB if readable else WB
+    m = MODES[mode]
+    if m.reads and not readable:
         raise ValueError(f"mode {mode!r} reads, but the received descriptor is write-only")
-    if any(c in mode for c in "wax+") and not writable:
+    if m.writes and not writable:
         raise ValueError(f"mode {mode!r} writes, but the received descriptor is read-only")
-    return mode
-
-
-cdef class _HandOver:
-    """open()'s opener for a descriptor we already hold.  Once open() has
-    called it, the io machinery owns the descriptor and closes it if
-    anything later fails (a directory, an unknown encoding); before that,
-    it is still ours to close."""
-    cdef int fd
-    cdef bint taken
-
-    def __call__(self, path, flags):
-        self.taken = True
-        return self.fd
+    return m
 
 
 cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
                          object errors, object newline):
-    cdef _HandOver opener = _HandOver()
-    opener.fd = fd
+    """What open(fd, mode, ...) makes, built as open() builds it, so that
+    ownership is never in doubt: FileIO given a number never closes it
+    when it fails (a directory), and once it exists, it owns the
+    descriptor.  open(fd) cannot tell its caller which of the two
+    happened, and open() through an opener costs a system call more."""
+    cdef int size
+    cdef _Mode m
     try:
-        # A bytes name: open() passes it on as it is, where a str is encoded.
-        f = open(b"<received descriptor>", file_mode(fd, mode), buffering,
-                 encoding, errors, newline, opener=opener)
+        size = buffering  # open()'s C int
+        m = file_mode(fd, mode)
+        raw = FileIO(fd, m.raw)
     except BaseException:
-        if not opener.taken:
-            discard_fds(&fd, 1)
+        discard_fds(&fd, 1)
         raise
-    raw = getattr(f, "buffer", f)
-    getattr(raw, "raw", raw).name = fd  # as open(fd) names it
-    return f
+    try:
+        return layered(raw, m, mode, size, encoding, errors, newline)
+    except BaseException:  # a pipe or socket in a "+" mode: not seekable
+        drop_file(raw)
+        raise
+
+
+cdef int drop_file(object raw) except -1:
+    """Drop what raw owns on the discard path: raw closes one of two
+    references to the peer's file, never the last, whose close may linger.
+    With no descriptor to spare for the second, raw closes the last."""
+    cdef int twin = -1
+    try:
+        twin = _os.dup(raw.fileno())
+    except OSError:
+        pass
+    raw.close()
+    if twin >= 0:
+        discard_fds(&twin, 1)
+    return 0
+
+
+cdef object layered(object raw, _Mode m, object mode, int buffering, object encoding,
+                    object errors, object newline):
+    """open()'s layers over raw, by open()'s rules (its arguments checked)."""
+    cdef bint line_buffering = False
+    if not m.text and buffering == 1:
+        warnings.warn("line buffering (buffering=1) isn't supported in binary mode, "
+                      "the default buffer size will be used", RuntimeWarning)
+    if buffering == 1 or (buffering < 0 and raw.isatty()):
+        buffering = -1
+        line_buffering = True
+    if buffering < 0:
+        buffering = raw._blksize
+    if buffering == 0:
+        return raw
+    if m.reads and m.writes:
+        buffer = BufferedRandom(raw, buffering)
+    elif m.reads:
+        buffer = BufferedReader(raw, buffering)
+    else:
+        buffer = BufferedWriter(raw, buffering)
+    if not m.text:
+        return buffer
+    text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+    text.mode = mode
+    return text
 
 
 cdef object socket_from_fd(int fd):

@@ -8,6 +8,7 @@ import io
 import os
 import socket
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -364,3 +365,72 @@ def test_recv_file_takes_the_locale_encoding_as_open_does(tmp_path: Path) -> Non
         tx.send_fd(f)
         with rx.recv_file("r", encoding="locale") as text:
             assert text.read() == "hello\n"
+
+
+def layers(f: object) -> list[tuple[object, ...]]:
+    """What open() built: each layer's class and the attributes open()
+    sets, the descriptor's own number named "fd"."""
+    number = f.fileno()  # type: ignore[attr-defined]
+    out: list[tuple[object, ...]] = []
+    while f is not None:
+        name = getattr(f, "name", None)
+        out.append((type(f).__name__, getattr(f, "mode", None), "fd" if name == number else name,
+                    getattr(f, "line_buffering", None), getattr(f, "encoding", None),
+                    getattr(f, "errors", None)))
+        f = getattr(f, "buffer", None) or getattr(f, "raw", None)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("mode", "buffering", "encoding"),
+    [("rb", -1, None), ("r+b", -1, None), ("b+r", 4096, None), ("ab", 0, None),
+     ("w", -1, "utf-8"), ("rt+", 1, "latin-1"), ("r", -1, None), ("at", 64, "ascii"),
+     ("wb", 1, None)],
+)
+@pytest.mark.parametrize("terminal", [False, True], ids=["file", "pty"])
+def test_recv_file_builds_what_open_builds(
+    pair: Pair, data_file: Path, mode: str, buffering: int, encoding: str | None, terminal: bool
+) -> None:
+    """recv_file builds open()'s layers itself (to know who owns the
+    descriptor on every path): the same classes, modes, names, line
+    buffering on a terminal, encodings, and open()'s warning for line
+    buffering in binary mode."""
+    if terminal:
+        primary, secondary = os.openpty()
+        os.close(primary)
+        fd = secondary
+    else:
+        fd = os.open(data_file, os.O_RDWR)
+    try:
+        pair[0].send_fd(fd)
+        with warnings.catch_warnings(record=True) as opens:
+            warnings.simplefilter("always")
+            try:
+                expected = open(os.dup(fd), mode, buffering, encoding)
+            except io.UnsupportedOperation:  # "+" on a terminal: not seekable
+                with pytest.raises(io.UnsupportedOperation, match="not seekable"):
+                    pair[1].recv_file(mode, buffering, encoding)
+                return
+        with warnings.catch_warnings(record=True) as ours:
+            warnings.simplefilter("always")
+            received = pair[1].recv_file(mode, buffering, encoding)
+        with received, expected:
+            assert layers(received) == layers(expected)
+        assert [(w.category, str(w.message)) for w in ours] == \
+            [(w.category, str(w.message)) for w in opens]
+    finally:
+        os.close(fd)
+
+
+def test_recv_file_refuses_a_buffering_open_would_refuse_before_receiving(
+    pair: Pair, data_file: Path
+) -> None:
+    tx, rx = pair
+    rx.settimeout(5)  # a consumed message fails the test rather than hang it
+    send_opened(tx, data_file, os.O_RDONLY)
+    with pytest.raises(OverflowError):
+        rx.recv_file(buffering=2**40)
+    with pytest.raises(OverflowError):
+        open(data_file, "rb", 2**40)
+    with rx.recv_file() as f:  # the message is still there
+        assert f.read() == b"hello\n"

@@ -194,3 +194,20 @@ def test_a_receive_during_which_the_kernel_discards_stops_no_other_thread(
             ticker.join()
     assert took > LINGER - 1, "the kernel's own close lingered in this thread"
     assert max(gaps) < 0.5, f"another thread stopped for {max(gaps):.2f} s"
+
+
+@pytest.mark.parametrize("mode", [None, "r+b", "a+b"])
+def test_a_file_object_that_cannot_be_made_is_discarded_without_waiting(
+        sockets: tuple[socket.socket, socket.socket], lingering: Callable[[], Lingering],
+        mode: str | None) -> None:
+    # A socket is read-write: recv_file() makes "r+b" of it, which needs a
+    # seekable descriptor; the file object's layers fail after FileIO took it.
+    peer, mine = sockets
+    with FDChannel(mine, closefd=False) as rx:
+        held = lingering()
+        attach(peer, held, b"\0", [])
+        start = time.monotonic()
+        with pytest.raises(OSError, match="not seekable"):
+            rx.recv_file(mode)
+        assert time.monotonic() - start < PROMPT
+        assert_refused_at_once(held)
