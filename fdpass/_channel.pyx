@@ -17,9 +17,9 @@ from posix.unistd cimport close
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
     FDPASS_ECLOSED, RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Batch, Guard, Received, Sender, as_fd,
-    defuse_queue, discard_fds, discard_received, raise_os_error, raise_recv_status,
-    raise_send_error, recv_message_into, recv_messages, send_message, send_messages,
-    unix_socket_type,
+    defuse_queue, discard_fds, discard_received, fdpass_fd_object, raise_os_error,
+    raise_recv_status, raise_send_error, recv_message_into, recv_messages, send_message,
+    send_messages, unix_socket_type,
 )
 from fdpass._posix cimport (
     FDPASS_MAX_BATCH, FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
@@ -278,7 +278,8 @@ Sends and receives open descriptors over an AF_UNIX socket
             raise ValueError("I/O operation on closed channel")
         return self._fd
 
-    cdef int _begin(self, double *timeout) except -1:
+    @cython.final
+    cdef inline int _begin(self, double *timeout) except -1:
         """Start a call that may wait without the GIL: its descriptor,
         which stays this channel's until _end(), and its timeout."""
         cdef int fd = self._fd
@@ -296,7 +297,8 @@ Sends and receives open descriptors over an AF_UNIX socket
         self._users += 1
         return fd
 
-    cdef int _end(self) except -1:
+    @cython.final
+    cdef inline int _end(self) except -1:
         self._users -= 1
         if self._users == 0 and self._stop:
             self._release()
@@ -334,7 +336,8 @@ Sends and receives open descriptors over an AF_UNIX socket
         without the call taking anything from a socket that is not its own."""
         return MSG_DONTWAIT if timeout >= 0 or not self._closefd else 0
 
-    cdef int _send(self, int sock, double timeout, const int *fds, int nfds,
+    @cython.final
+    cdef inline int _send(self, int sock, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
         cdef int err = 0
         cdef size_t sent = 0
@@ -352,7 +355,8 @@ Sends and receives open descriptors over an AF_UNIX socket
                     discard_all_of(item[1])
         return 0
 
-    cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
+    @cython.final
+    cdef inline int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
                    int maxfds, int flags, Received *r, Sender *sender) except -1:
         cdef int err = 0
         if self._backlog is not None:
@@ -490,11 +494,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                 raise_recv_status(&r, 1, self._type)
         finally:
             self._end()
-        try:
-            return fd
-        except BaseException:
-            discard_fds(&fd, 1)
-            raise
+        return fdpass_fd_object(fd, discard_fds)
 
     def recv_file(self, mode=None, buffering=-1, encoding=None, errors=None, newline=None):
         """Receive one descriptor as a file object that owns it, as

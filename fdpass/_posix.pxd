@@ -123,3 +123,4 @@ cdef extern from "fdpass_pysocket.h":
     int fdpass_socket_fd(object sock)
     const int *fdpass_socket_fd_field(object sock)
     double fdpass_socket_timeout(object sock)
+    bint fdpass_small_fd(object o, int *fd)
