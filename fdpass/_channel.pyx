@@ -6,6 +6,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from libc.errno cimport (
     EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
 )
@@ -71,13 +72,13 @@ cdef bint socket_head_matches():
     try:
         for value, expected in ((None, -1.0), (0.0, 0.0), (2.5, 2.5), (1e-3, 1e-3)):
             a.settimeout(value)
-            if (fdpass_socket_fd(a) != a.fileno()
-                    or abs(fdpass_socket_timeout(a) - expected) > 1e-9):
+            if (fdpass_socket_fd(<PyObject *>a) != a.fileno()
+                    or abs(fdpass_socket_timeout(<PyObject *>a) - expected) > 1e-9):
                 return False
     finally:
         a.close()
         b.close()
-    return fdpass_socket_fd(a) == -1
+    return fdpass_socket_fd(<PyObject *>a) == -1
 
 
 cdef bint SOCKET_HEAD = socket_head_matches()
@@ -213,7 +214,7 @@ Sends and receives open descriptors over an AF_UNIX socket
             self._kind = OWNER_SOCKET if SOCKET_HEAD else OWNER_SOCKET_METHODS
             self._timeout = -1.0
             if SOCKET_HEAD:  # _owner keeps the socket, and so the field, alive
-                self._guard.owner_fd = fdpass_socket_fd_field(sock)
+                self._guard.owner_fd = fdpass_socket_fd_field(<PyObject *>sock)
         else:
             self._kind = OWNER_NUMBER if PyLong_Check(sock) else OWNER_OBJECT
             self._timeout = 0.0 if fcntl(fd, F_GETFL) & O_NONBLOCK else -1.0
@@ -254,7 +255,7 @@ Sends and receives open descriptors over an AF_UNIX socket
     cdef bint _owns(self, int fd) except -1:
         """Whether what was wrapped still has descriptor fd."""
         if self._kind == OWNER_SOCKET:
-            return fdpass_socket_fd(self._owner) == fd
+            return fdpass_socket_fd(<PyObject *>self._owner) == fd
         if self._kind == OWNER_NUMBER:
             return True
         try:
@@ -283,18 +284,25 @@ Sends and receives open descriptors over an AF_UNIX socket
         """Start a call that may wait without the GIL: its descriptor,
         which stays this channel's until _end(), and its timeout."""
         cdef int fd = self._fd
-        if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(self._owner) == fd:
-            timeout[0] = fdpass_socket_timeout(self._owner)  # the hot path: two loads
+        cdef PyObject *owner = <PyObject *>self._owner
+        if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(owner) == fd:
+            timeout[0] = fdpass_socket_timeout(owner)  # the hot path: two loads
         elif self._kind == OWNER_NUMBER and fd >= 0:
             timeout[0] = self._timeout
         else:
-            fd = self._live_fd()
-            if self._kind == OWNER_SOCKET_METHODS:
-                value = self._owner.gettimeout()
-                timeout[0] = -1.0 if value is None else timeout_value(value)
-            else:
-                timeout[0] = self._timeout
+            fd = self._begin_checked(timeout)
         self._users += 1
+        return fd
+
+    cdef int _begin_checked(self, double *timeout) except -1:
+        """_begin's other cases, out of line: a channel closed, or a socket
+        closed elsewhere (both raise), or asked for its timeout."""
+        fd = self._live_fd()
+        if self._kind == OWNER_SOCKET_METHODS:
+            value = self._owner.gettimeout()
+            timeout[0] = -1.0 if value is None else timeout_value(value)
+        else:
+            timeout[0] = self._timeout
         return fd
 
     @cython.final
