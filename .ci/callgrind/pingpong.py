@@ -11,6 +11,7 @@ run with N = 0."""
 import os
 import socket
 import sys
+import textwrap
 
 import fdpass
 
@@ -20,35 +21,17 @@ send_fd, recv_fd = fdpass.FDChannel(a).send_fd, fdpass.FDChannel(b).recv_fd
 close, read, write = os.close, os.read, os.write
 sa, sb = a.fileno(), b.fileno()
 
-
-def floop(n: int, send_fd=send_fd, recv_fd=recv_fd, close=close) -> None:
-    for _ in range(n):
-        send_fd(0)
-        close(recv_fd())
-
-
-def fbench(n: int, send_fd=send_fd, recv_fd=recv_fd, close=close, read=read,
-           write=write, sa=sa, sb=sb) -> None:
-    for _ in range(n):
-        send_fd(0)
-        close(recv_fd())
-        write(sb, b"k")
-        read(sa, 1)
-
-
-if MODE == "loop":
-    for _ in range(N):
-        send_fd(0)
-        close(recv_fd())
-elif MODE == "bench":
-    for _ in range(N):
-        send_fd(0)
-        close(recv_fd())
-        write(sb, b"k")
-        read(sa, 1)
-elif MODE == "floop":
-    floop(N)
-elif MODE == "fbench":
-    fbench(N)
-else:
+BODY = {
+    "loop": "send_fd(0)\nclose(recv_fd())\n",
+    "bench": "send_fd(0)\nclose(recv_fd())\nwrite(sb, b'k')\nread(sa, 1)\n",
+}
+body = BODY.get(MODE.removeprefix("f"))
+if body is None:
     sys.exit(f"unknown mode {MODE!r}")
+loop = "for _ in range(N):\n" + textwrap.indent(body, "    ")
+if MODE.startswith("f"):
+    names = "send_fd, recv_fd, close, read, write, sa, sb"
+    exec(f"def run(N, {', '.join(f'{n}={n}' for n in names.split(', '))}):\n"
+         + textwrap.indent(loop, "    ") + "run(N)\n")
+else:
+    exec(loop)
