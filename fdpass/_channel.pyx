@@ -6,6 +6,7 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.long cimport PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
 from libc.errno cimport (
     EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
 )
@@ -17,9 +18,9 @@ from posix.unistd cimport close
 from fdpass._convert cimport check_open_args, file_from_fd, socket_from_fd
 from fdpass._engine cimport (
     FDPASS_ECLOSED, RECV_EMPTY, RECV_OK, RECV_TRUNCATED, Batch, Guard, Received, Sender, as_fd,
-    defuse_queue, discard_fds, discard_received, raise_os_error, raise_recv_status,
-    raise_send_error, recv_message_into, recv_messages, send_message, send_messages,
-    unix_socket_type,
+    defuse_queue, discard_fds, discard_received, fdpass_fd_object, raise_os_error,
+    raise_recv_status, raise_send_error, recv_message_into, recv_messages, send_message,
+    send_messages, unix_socket_type,
 )
 from fdpass._posix cimport (
     FDPASS_MAX_BATCH, FDPASS_MAX_FDS, FDPASS_SO_PASSCRED, FDPASS_SO_PASSPIDFD, FDPASS_SO_PASSRIGHTS,
@@ -71,13 +72,13 @@ cdef bint socket_head_matches():
     try:
         for value, expected in ((None, -1.0), (0.0, 0.0), (2.5, 2.5), (1e-3, 1e-3)):
             a.settimeout(value)
-            if (fdpass_socket_fd(a) != a.fileno()
-                    or abs(fdpass_socket_timeout(a) - expected) > 1e-9):
+            if (fdpass_socket_fd(<PyObject *>a) != a.fileno()
+                    or abs(fdpass_socket_timeout(<PyObject *>a) - expected) > 1e-9):
                 return False
     finally:
         a.close()
         b.close()
-    return fdpass_socket_fd(a) == -1
+    return fdpass_socket_fd(<PyObject *>a) == -1
 
 
 cdef bint SOCKET_HEAD = socket_head_matches()
@@ -213,7 +214,7 @@ Sends and receives open descriptors over an AF_UNIX socket
             self._kind = OWNER_SOCKET if SOCKET_HEAD else OWNER_SOCKET_METHODS
             self._timeout = -1.0
             if SOCKET_HEAD:  # _owner keeps the socket, and so the field, alive
-                self._guard.owner_fd = fdpass_socket_fd_field(sock)
+                self._guard.owner_fd = fdpass_socket_fd_field(<PyObject *>sock)
         else:
             self._kind = OWNER_NUMBER if PyLong_Check(sock) else OWNER_OBJECT
             self._timeout = 0.0 if fcntl(fd, F_GETFL) & O_NONBLOCK else -1.0
@@ -254,7 +255,7 @@ Sends and receives open descriptors over an AF_UNIX socket
     cdef bint _owns(self, int fd) except -1:
         """Whether what was wrapped still has descriptor fd."""
         if self._kind == OWNER_SOCKET:
-            return fdpass_socket_fd(self._owner) == fd
+            return fdpass_socket_fd(<PyObject *>self._owner) == fd
         if self._kind == OWNER_NUMBER:
             return True
         try:
@@ -278,25 +279,34 @@ Sends and receives open descriptors over an AF_UNIX socket
             raise ValueError("I/O operation on closed channel")
         return self._fd
 
-    cdef int _begin(self, double *timeout) except -1:
+    @cython.final
+    cdef inline int _begin(self, double *timeout) except -1:
         """Start a call that may wait without the GIL: its descriptor,
         which stays this channel's until _end(), and its timeout."""
         cdef int fd = self._fd
-        if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(self._owner) == fd:
-            timeout[0] = fdpass_socket_timeout(self._owner)  # the hot path: two loads
+        cdef PyObject *owner = <PyObject *>self._owner
+        if self._kind == OWNER_SOCKET and fd >= 0 and fdpass_socket_fd(owner) == fd:
+            timeout[0] = fdpass_socket_timeout(owner)  # the hot path: two loads
         elif self._kind == OWNER_NUMBER and fd >= 0:
             timeout[0] = self._timeout
         else:
-            fd = self._live_fd()
-            if self._kind == OWNER_SOCKET_METHODS:
-                value = self._owner.gettimeout()
-                timeout[0] = -1.0 if value is None else timeout_value(value)
-            else:
-                timeout[0] = self._timeout
+            fd = self._begin_checked(timeout)
         self._users += 1
         return fd
 
-    cdef int _end(self) except -1:
+    cdef int _begin_checked(self, double *timeout) except -1:
+        """_begin's other cases, out of line: a channel closed, or a socket
+        closed elsewhere (both raise), or asked for its timeout."""
+        fd = self._live_fd()
+        if self._kind == OWNER_SOCKET_METHODS:
+            value = self._owner.gettimeout()
+            timeout[0] = -1.0 if value is None else timeout_value(value)
+        else:
+            timeout[0] = self._timeout
+        return fd
+
+    @cython.final
+    cdef inline int _end(self) except -1:
         self._users -= 1
         if self._users == 0 and self._stop:
             self._release()
@@ -334,7 +344,8 @@ Sends and receives open descriptors over an AF_UNIX socket
         without the call taking anything from a socket that is not its own."""
         return MSG_DONTWAIT if timeout >= 0 or not self._closefd else 0
 
-    cdef int _send(self, int sock, double timeout, const int *fds, int nfds,
+    @cython.final
+    cdef inline int _send(self, int sock, double timeout, const int *fds, int nfds,
                    const char *data, size_t length) except -1:
         cdef int err = 0
         cdef size_t sent = 0
@@ -352,7 +363,8 @@ Sends and receives open descriptors over an AF_UNIX socket
                     discard_all_of(item[1])
         return 0
 
-    cdef int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
+    @cython.final
+    cdef inline int _recv(self, int sock, double timeout, void *buf, size_t buflen, int *fds,
                    int maxfds, int flags, Received *r, Sender *sender) except -1:
         cdef int err = 0
         if self._backlog is not None:
@@ -490,11 +502,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                 raise_recv_status(&r, 1, self._type)
         finally:
             self._end()
-        try:
-            return fd
-        except BaseException:
-            discard_fds(&fd, 1)
-            raise
+        return fdpass_fd_object(fd, discard_fds)
 
     def recv_file(self, mode=None, buffering=-1, encoding=None, errors=None, newline=None):
         """Receive one descriptor as a file object that owns it, as

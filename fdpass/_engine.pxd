@@ -66,3 +66,17 @@ cdef int raise_os_error(int err, str context, Py_ssize_t written=*) except -1
 cdef int raise_send_error(int err, int sock, const int *fds, int nfds,
                           size_t sent, int sock_type, bint connected) except -1
 cdef int raise_recv_status(const Received *r, int maxfds, int sock_type) except -1
+
+cdef extern from *:
+    """
+    /* A received descriptor as an int object, the caller's from then on; or
+     * NULL with the exception set and fd discarded.  A try/except around the
+     * conversion costs a receive about 30 instructions on CPython 3.12. */
+    static CYTHON_INLINE PyObject *fdpass_fd_object(int fd, void (*discard)(const int *, int)) {
+        PyObject *number = PyLong_FromLong(fd);
+        if (number == NULL)
+            discard(&fd, 1);
+        return number;
+    }
+    """
+    object fdpass_fd_object(int fd, void (*discard)(const int *, int) noexcept nogil)

@@ -24,6 +24,7 @@ from fdpass._posix cimport (
     MSG_TRUNC, POLLIN, POLLOUT, SCM_RIGHTS, SOL_SOCKET, SOCK_DGRAM, SOCK_STREAM, SO_TYPE,
     FDPASS_HAVE_MMSG, FDPASS_MAX_BATCH, cmsghdr, fdpass_control_t, fdpass_mmsghdr,
     fdpass_read_credentials, fdpass_recv_call, fdpass_send_call, fdpass_sigpipe_block,
+    fdpass_small_fd,
     fdpass_sigpipe_restore, fdpass_sigpipe_t, getsockname, getsockopt, msghdr, poll, pollfd,
     recvmsg, sockaddr, sockaddr_storage, socklen_t,
 )
@@ -83,7 +84,9 @@ cdef int as_fd(object f) except -1:
     """A descriptor number from an int or an object with fileno(),
     as the os and socket modules accept them."""
     cdef long value
-    cdef int overflow = 0
+    cdef int overflow = 0, fd
+    if fdpass_small_fd(f, &fd):
+        return fd
     number = f
     if not PyLong_Check(f):
         try:
@@ -551,7 +554,7 @@ cdef inline int take_fds(msghdr *msg, int *fds, int maxfds, int *extra, int *nex
         rights = cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == SCM_RIGHTS
         if rights or (cmsg.cmsg_level == SOL_SOCKET and cmsg.cmsg_type == FDPASS_SCM_PIDFD):
             data = CMSG_DATA(cmsg)
-            count = (length - (data - <unsigned char *>cmsg)) // sizeof(int)
+            count = (length - <size_t>(data - <unsigned char *>cmsg)) // sizeof(int)
             for i in range(count):
                 memcpy(&fd, data + i * sizeof(int), sizeof(int))
                 if fd < 0:  # SCM_PIDFD's -errno: no pidfd could be made

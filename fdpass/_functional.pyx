@@ -6,8 +6,8 @@ from cpython.long cimport PyLong_Check
 from libc.errno cimport EBADMSG, ECONNRESET, errno
 
 from fdpass._engine cimport (
-    RECV_EMPTY, Received, check_unix_socket, discard_fds, recv_message_into, send_errno,
-    send_message, unix_socket_type,
+    RECV_EMPTY, Received, check_unix_socket, discard_fds, fdpass_fd_object, recv_message_into,
+    send_errno, send_message, unix_socket_type,
 )
 from fdpass._posix cimport FDPASS_WOULD_BLOCK, MSG_DONTWAIT, SOCK_DGRAM, fdpass_nosigpipe
 
@@ -73,11 +73,7 @@ def recv(socket_fd):
         failed(ECONNRESET if r.status == RECV_EMPTY
                and unix_socket_type(sock, &family, &err) != SOCK_DGRAM else EBADMSG)
         return -1
-    try:
-        return fd
-    except BaseException:
-        discard_fds(&fd, 1)
-        raise
+    return fdpass_fd_object(fd, discard_fds)
 
 
 def get_errno():

@@ -1,5 +1,7 @@
 # Declarations Cython does not ship: <sys/socket.h>, <poll.h> and our
 # platform shims.  Everything else comes from Cython's own posix/libc .pxd.
+from cpython.object cimport PyObject
+
 from posix.uio cimport iovec
 
 
@@ -120,6 +122,9 @@ cdef extern from "fdpass_compat.h" nogil:
 
 
 cdef extern from "fdpass_pysocket.h":
-    int fdpass_socket_fd(object sock)
-    const int *fdpass_socket_fd_field(object sock)
-    double fdpass_socket_timeout(object sock)
+    # PyObject *: Cython passes a pointer as it is, where it takes and drops
+    # a reference to an attribute passed as an object.
+    int fdpass_socket_fd(PyObject *sock)
+    const int *fdpass_socket_fd_field(PyObject *sock)
+    double fdpass_socket_timeout(PyObject *sock)
+    bint fdpass_small_fd(object o, int *fd)
