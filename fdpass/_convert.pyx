@@ -10,8 +10,8 @@ from fdpass._engine cimport discard_fds, raise_os_error
 from fdpass._posix cimport FDPASS_O_PATH
 
 import codecs
-import os as _os
 import socket as _socket
+import os as _os
 import sys
 import warnings
 from itertools import permutations
@@ -201,7 +201,7 @@ cdef object socket_from_fd(int fd):
     whose timeout agrees with the descriptor (0.0 when O_NONBLOCK is set)."""
     cdef int flags
     try:
-        sock = _socket.socket(fileno=fd)
+        sock = _socket.socket(-1, -1, -1, fd)  # fd's own family, type and protocol
     except OSError as e:
         discard_fds(&fd, 1)
         if e.errno == ENOTSOCK:

@@ -3,7 +3,9 @@
 python pingpong.py N MODE: MODE "loop" is send_fd(0); os.close(recv_fd());
 "bench" adds what the pinned ping-pong's workers do around them (the
 receiver's one-byte reply, the sender's read of it): both sides' work per
-message.  Each runs at module level, as docs/performance.md has counted
+message.  "file" and "socket" are the converters, recv_file() of a
+read-only file and recv_socket() of a socket; "openfile" and "opensocket"
+their floors, recv_fd() then open(fd, "rb") or socket.socket(fileno=fd).  Each runs at module level, as docs/performance.md has counted
 since CPython 3.11, and in a function ("floop", "fbench"), where names are
 locals, as in the bench's workers.  .ci/callgrind/count subtracts the same
 run with N = 0."""
@@ -17,20 +19,27 @@ import fdpass
 
 N, MODE = int(sys.argv[1]), sys.argv[2]
 a, b = socket.socketpair()
-send_fd, recv_fd = fdpass.FDChannel(a).send_fd, fdpass.FDChannel(b).recv_fd
+rx = fdpass.FDChannel(b)
+send_fd, recv_fd, recv_file, recv_socket = (fdpass.FDChannel(a).send_fd, rx.recv_fd,
+                                            rx.recv_file, rx.recv_socket)
+ro = open(__file__, "rb")
 close, read, write = os.close, os.read, os.write
 sa, sb = a.fileno(), b.fileno()
 
 BODY = {
     "loop": "send_fd(0)\nclose(recv_fd())\n",
     "bench": "send_fd(0)\nclose(recv_fd())\nwrite(sb, b'k')\nread(sa, 1)\n",
+    "file": "send_fd(ro)\nrecv_file().close()\n",
+    "openfile": "send_fd(ro)\nopen(recv_fd(), 'rb').close()\n",
+    "socket": "send_fd(sa)\nrecv_socket().close()\n",
+    "opensocket": "send_fd(sa)\nsocket.socket(fileno=recv_fd()).close()\n",
 }
 body = BODY.get(MODE.removeprefix("f"))
 if body is None:
     sys.exit(f"unknown mode {MODE!r}")
 loop = "for _ in range(N):\n" + textwrap.indent(body, "    ")
 if MODE.startswith("f"):
-    names = "send_fd, recv_fd, close, read, write, sa, sb"
+    names = "send_fd, recv_fd, recv_file, recv_socket, close, read, write, sa, sb, ro, open"
     exec(f"def run(N, {', '.join(f'{n}={n}' for n in names.split(', '))}):\n"
          + textwrap.indent(loop, "    ") + "run(N)\n")
 else:
