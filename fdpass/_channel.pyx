@@ -714,7 +714,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         cdef int sock, err = 0
         cdef Batch batch
         cdef size_t sent = 0
-        cdef Py_ssize_t i, j, k, n, total = 0
+        cdef Py_ssize_t i, j, k, n, counted, total = 0
         cdef Py_buffer *buffers
         cdef char *block
         cdef int *fds
@@ -745,11 +745,16 @@ Sends and receives open descriptors over an AF_UNIX socket
         batch.atomic = self._type != SOCK_STREAM
         memset(buffers, 0, n * sizeof(Py_buffer))  # PyBuffer_Release skips a view never taken
         try:
-            total = 0
+            counted, total = total, 0
             for i in range(n):
                 item = items[i]
                 data, fs = item
                 k = len(fs)
+                # A fileno() may have grown this list since it was counted:
+                # its descriptors would run past the block.
+                if k > FDPASS_MAX_FDS or total + k > counted:
+                    raise RuntimeError(f"message {i}'s descriptors changed size while "
+                                       "send_many read them")
                 for j in range(k):
                     fds[total + j] = as_fd(fs[j])
                 (<int *>batch.nfds)[i] = <int>k
