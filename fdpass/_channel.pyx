@@ -4,9 +4,11 @@ standard socket module's timeout rules."""
 cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.long cimport PyLong_Check
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.long cimport PyLong_Check, PyLong_FromLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from libc.errno cimport (
     EAFNOSUPPORT, EBADF, EBADMSG, EMFILE, ENFILE, ENODATA, ENOPROTOOPT, ENOTSOCK, errno,
 )
@@ -138,6 +140,18 @@ def naming_path(error, path):
     if error.filename is None:
         error.filename = os.fspath(path)
     return error
+
+
+cdef list fd_list(const int *fds, int n):
+    """fds[:n] as a list made at its size: a comprehension grows it by
+    appends, several reallocations for a batch of 64."""
+    cdef list result = PyList_New(n)
+    cdef int i
+    for i in range(n):
+        number = PyLong_FromLong(fds[i])
+        Py_INCREF(number)  # PyList_SET_ITEM steals the reference `number` drops
+        PyList_SET_ITEM(result, i, number)
+    return result
 
 
 cdef class FDChannel:
@@ -541,7 +555,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         finally:
             self._end()
         try:
-            return [fds[i] for i in range(r.nfds)]
+            return fd_list(fds, r.nfds)
         except BaseException:
             discard_fds(fds, r.nfds)
             raise
@@ -587,7 +601,7 @@ Sends and receives open descriptors over an AF_UNIX socket
                                                     and self._type == SOCK_DGRAM):
                         self._raise_status(&r, <int>maxfds)
                     data = PyBytes_FromStringAndSize(buf, r.nbytes)
-                    received = [fds[i] for i in range(r.nfds)]
+                    received = fd_list(fds, r.nfds)
                     if not from_sender:
                         return data, received
                     check_attested(&sender, r.total)
@@ -616,6 +630,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         cdef Received *outs
         cdef Py_ssize_t i, count = 0
         cdef int taken = 0 if self._refuse else <int>maxfds
+        cdef bint failed = False
         if not 1 <= max_messages <= FDPASS_MAX_BATCH:
             raise ValueError(f"max_messages must be within 1..{FDPASS_MAX_BATCH}, "
                              f"got {max_messages}")
@@ -648,8 +663,9 @@ Sends and receives open descriptors over an AF_UNIX socket
                                                          and self._type == SOCK_DGRAM):
                             items.append((PyBytes_FromStringAndSize(bufs + i * bufsize,
                                                                     outs[i].nbytes),
-                                          [fds[i * taken + j] for j in range(outs[i].nfds)]))
+                                          fd_list(fds + i * taken, outs[i].nfds)))
                             continue
+                        failed = True
                         try:
                             self._raise_status(&outs[i], <int>maxfds)
                         except Exception as error:
@@ -664,6 +680,8 @@ Sends and receives open descriptors over an AF_UNIX socket
                 PyMem_Free(outs)
         finally:
             self._end()
+        if not failed:
+            return items  # every message returned: no backlog to keep
         self._backlog = items
         return self._from_backlog(max_messages)
 
@@ -704,7 +722,7 @@ Sends and receives open descriptors over an AF_UNIX socket
         cdef int sock, err = 0
         cdef Batch batch
         cdef size_t sent = 0
-        cdef Py_ssize_t i, j, k, n, total = 0
+        cdef Py_ssize_t i, j, k, n, counted, total = 0
         cdef Py_buffer *buffers
         cdef char *block
         cdef int *fds
@@ -735,11 +753,16 @@ Sends and receives open descriptors over an AF_UNIX socket
         batch.atomic = self._type != SOCK_STREAM
         memset(buffers, 0, n * sizeof(Py_buffer))  # PyBuffer_Release skips a view never taken
         try:
-            total = 0
+            counted, total = total, 0
             for i in range(n):
                 item = items[i]
                 data, fs = item
                 k = len(fs)
+                # A fileno() may have grown this list since it was counted:
+                # its descriptors would run past the block.
+                if k > FDPASS_MAX_FDS or total + k > counted:
+                    raise RuntimeError(f"message {i}'s descriptors changed size while "
+                                       "send_many read them")
                 for j in range(k):
                     fds[total + j] = as_fd(fs[j])
                 (<int *>batch.nfds)[i] = <int>k

@@ -215,12 +215,14 @@ cdef inline Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, fdpass_mmsg
                                 unsigned int vlen, int flags, double timeout, double deadline,
                                 const Guard *guard, int *err) except -2:
     """sendmsg/recvmsg in the PEP 475 loop (with many, sendmmsg/recvmmsg
-    of up to vlen messages: the count).  The first try is non-blocking.
-    A send's keeps the GIL (it cannot wait, and releasing the GIL costs more
-    than the call); a receive's releases it, because the kernel discards
-    what this process cannot install (at RLIMIT_NOFILE), and the last close
-    of a discarded descriptor, in this thread on the way out of the call,
-    can block for as long as its sender chose.  A call that would block
+    of up to vlen messages: the count).  A send's first try is non-blocking
+    and keeps the GIL (it cannot wait, and releasing the GIL costs more than
+    the call).  A receive is one call without the GIL, because the kernel
+    discards what this process cannot install (at RLIMIT_NOFILE), and the
+    last close of a discarded descriptor, in this thread on the way out of
+    the call, can block for as long as its sender chose; with the GIL
+    released anyway, a non-blocking try before a blocking one would only
+    cost every receive that waits a second system call.  A call that would block
     waits with the GIL released: inside the syscall when flags lack
     MSG_DONTWAIT (the descriptor's own behaviour), else in poll, for ever
     when timeout < 0, else while the timeout allows (until deadline when it
@@ -239,13 +241,6 @@ cdef inline Py_ssize_t msg_call(bint writing, int sock, msghdr *msg, fdpass_mmsg
             if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
                 with nogil:
                     n = fdpass_send_call(sock, msg, many, vlen, flags)
-                    saved = errno
-        elif FDPASS_HAVE_MSG_DONTWAIT:
-            with nogil:
-                n = fdpass_recv_call(sock, msg, many, vlen, flags | MSG_DONTWAIT)
-                saved = errno
-                if n < 0 and FDPASS_WOULD_BLOCK(saved) and not flags & MSG_DONTWAIT:
-                    n = fdpass_recv_call(sock, msg, many, vlen, flags)
                     saved = errno
         else:
             with nogil:

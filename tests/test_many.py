@@ -159,6 +159,25 @@ def test_send_many_checks_before_sending(channels: tuple[FDChannel, FDChannel]) 
         rx.recv_many(4)  # nothing went
 
 
+@pytest.mark.parametrize("sock_type", [socket.SOCK_STREAM])
+def test_send_many_list_grown_by_fileno(channels: tuple[FDChannel, FDChannel]) -> None:
+    """A fileno() that grows a later message's list after send_many counted
+    it: refused, nothing sent (it once wrote past the block, and crashed)."""
+    tx, rx = channels
+    later = [0]
+
+    class Grows:
+        def fileno(self) -> int:
+            later.extend([0] * 300)
+            return 0
+
+    with pytest.raises(RuntimeError, match="message 1's descriptors changed size"):
+        tx.send_many([(b"a", [Grows()]), (b"b", later)])
+    rx.settimeout(0.0)
+    with pytest.raises(BlockingIOError):
+        rx.recv_many(4)  # nothing went
+
+
 @pytest.mark.parametrize("sock_type", [socket.SOCK_DGRAM])
 def test_send_many_partial(channels: tuple[FDChannel, FDChannel]) -> None:
     tx, rx = channels
