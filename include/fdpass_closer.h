@@ -200,6 +200,8 @@ fdpass_closer_take(fdpass_discarded *entry)
     return 1;
 }
 
+static void fdpass_closer_join_exited(void);
+
 static void *
 fdpass_closer_main(void *unused)
 {
@@ -230,10 +232,16 @@ fdpass_closer_main(void *unused)
         if (fdpass_closer_length == 0 && fdpass_closer_busy == 0)
             pthread_cond_broadcast(&fdpass_closer_done);
     }
-    if (fdpass_closer_nexited < FDPASS_CLOSERS)
-        fdpass_closer_exited[fdpass_closer_nexited++] = pthread_self();
-    else  /* a long burst outran the joins: this one cleans up after itself */
-        pthread_detach(pthread_self());
+    /* A long burst outran the joins: this one joins those before it, so
+     * that every exited worker is joined (one that detached itself could
+     * still be in the process once counted gone).  No cycle: a worker
+     * enters the list only once it has done its joining. */
+    while (fdpass_closer_nexited == FDPASS_CLOSERS) {
+        pthread_mutex_unlock(&fdpass_closer_lock);
+        fdpass_closer_join_exited();
+        pthread_mutex_lock(&fdpass_closer_lock);
+    }
+    fdpass_closer_exited[fdpass_closer_nexited++] = pthread_self();
     fdpass_closer_workers--;
     pthread_cond_broadcast(&fdpass_closer_done);
     pthread_mutex_unlock(&fdpass_closer_lock);
