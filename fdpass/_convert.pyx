@@ -6,6 +6,8 @@ from posix.fcntl cimport (
     F_GETFL, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, fcntl,
 )
 
+from posix.unistd cimport SEEK_CUR, lseek
+
 from fdpass._engine cimport discard_fds, raise_os_error
 from fdpass._posix cimport FDPASS_O_PATH
 
@@ -15,7 +17,9 @@ import os as _os
 import sys
 import warnings
 from itertools import permutations
-from io import BufferedRandom, BufferedReader, BufferedWriter, FileIO, TextIOWrapper
+from io import (
+    BufferedRandom, BufferedReader, BufferedWriter, FileIO, TextIOWrapper, UnsupportedOperation,
+)
 
 cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
 
@@ -143,13 +147,19 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
     try:
         size = buffering  # open()'s C int
         m = file_mode(fd, mode)
+        if m.reads and m.writes and size != 0 and lseek(fd, 0, SEEK_CUR) < 0:
+            # BufferedRandom's refusal, made while the descriptor is ours:
+            # once FileIO owns it, only FileIO can close it, and at the
+            # descriptor limit drop_file() has no number for a second
+            # reference, so a lingering socket's close would wait here.
+            raise UnsupportedOperation("File or stream is not seekable.")
         raw = FileIO(fd, m.raw)
     except BaseException:
         discard_fds(&fd, 1)
         raise
     try:
         return layered(raw, m, mode, size, encoding, errors, newline)
-    except BaseException:  # a pipe or socket in a "+" mode: not seekable
+    except BaseException:  # a warning made an error, no memory for the buffer
         drop_file(raw)
         raise
 

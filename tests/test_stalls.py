@@ -196,18 +196,29 @@ def test_a_receive_during_which_the_kernel_discards_stops_no_other_thread(
     assert max(gaps) < 0.5, f"another thread stopped for {max(gaps):.2f} s"
 
 
-@pytest.mark.parametrize("mode", [None, "r+b", "a+b"])
+@pytest.mark.parametrize("at_the_limit", [False, True], ids=["room", "at-the-limit"])
+@pytest.mark.parametrize("mode", [None, "r+b", "a+", "rb+"])
 def test_a_file_object_that_cannot_be_made_is_discarded_without_waiting(
         sockets: tuple[socket.socket, socket.socket], lingering: Callable[[], Lingering],
-        mode: str | None) -> None:
+        mode: str | None, at_the_limit: bool) -> None:
     # A socket is read-write: recv_file() makes "r+b" of it, which needs a
-    # seekable descriptor; the file object's layers fail after FileIO took it.
+    # seekable descriptor.  At the limit the received socket takes the last
+    # free number: no second reference to it could be made, so it must be
+    # refused before a file object owns it.
     peer, mine = sockets
     with FDChannel(mine, closefd=False) as rx:
         held = lingering()
         attach(peer, held, b"\0", [])
-        start = time.monotonic()
-        with pytest.raises(OSError, match="not seekable"):
-            rx.recv_file(mode)
-        assert time.monotonic() - start < PROMPT
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if at_the_limit:
+            lowest_free = min(set(range(len(open_fds()) + 2)) - set(open_fds()))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free + 1, limit[1]))
+        try:
+            start = time.monotonic()
+            with pytest.raises(OSError, match="not seekable"):
+                rx.recv_file(mode)
+            took = time.monotonic() - start
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, limit)
+        assert took < PROMPT
         assert_refused_at_once(held)
