@@ -62,6 +62,8 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
     if (encoding is None and errors is None and newline is None and type(buffering) is int
             and (mode is None or (m is not None and not m.text))):
         size = buffering  # open()'s OverflowError past a C int
+        if size == 1:
+            warn_line_buffering()
         return 0
     for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
                         ("newline", newline)):
@@ -77,8 +79,11 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
     if m is None or not m.text:
         for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
             if value is not None:
-                raise ValueError(f"binary mode doesn't take an {name} argument "
+                article = "a" if name == "newline" else "an"
+                raise ValueError(f"binary mode doesn't take {article} {name} argument "
                                  "(name a text mode, such as \"r\")")
+        if size == 1:
+            warn_line_buffering()
     elif buffering == 0:
         raise ValueError("can't have unbuffered text I/O (buffering=0 in text mode)")
     if newline not in NEWLINES:
@@ -87,6 +92,14 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         pass  # open()'s name for the locale's encoding (PEP 597)
     elif encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
         raise LookupError(f"{encoding!r} is not a text encoding")
+    return 0
+
+
+cdef int warn_line_buffering() except -1:
+    """open()'s warning, given where open() gives it: before anything is
+    opened, so that a warning made an error consumes nothing."""
+    warnings.warn("line buffering (buffering=1) isn't supported in binary mode, "
+                  "the default buffer size will be used", RuntimeWarning)
     return 0
 
 
@@ -183,9 +196,6 @@ cdef object layered(object raw, _Mode m, object mode, int buffering, object enco
                     object errors, object newline):
     """open()'s layers over raw, by open()'s rules (its arguments checked)."""
     cdef bint line_buffering = False
-    if not m.text and buffering == 1:
-        warnings.warn("line buffering (buffering=1) isn't supported in binary mode, "
-                      "the default buffer size will be used", RuntimeWarning)
     if buffering == 1 or (buffering < 0 and raw.isatty()):
         buffering = -1
         line_buffering = True

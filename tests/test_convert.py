@@ -422,15 +422,21 @@ def test_recv_file_builds_what_open_builds(
         os.close(fd)
 
 
+@pytest.mark.parametrize(("buffering", "refusal"), [(2**40, OverflowError), (1, RuntimeWarning)])
 def test_recv_file_refuses_a_buffering_open_would_refuse_before_receiving(
-    pair: Pair, data_file: Path
+    pair: Pair, data_file: Path, buffering: int, refusal: type[Exception]
 ) -> None:
+    # buffering=1 in binary mode: open()'s warning, made an error, comes
+    # before open() opens anything.
     tx, rx = pair
     rx.settimeout(5)  # a consumed message fails the test rather than hang it
     send_opened(tx, data_file, os.O_RDONLY)
-    with pytest.raises(OverflowError):
-        rx.recv_file(buffering=2**40)
-    with pytest.raises(OverflowError):
-        open(data_file, "rb", 2**40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for mode in (None, "rb"):
+            with pytest.raises(refusal):
+                rx.recv_file(mode, buffering)
+        with pytest.raises(refusal):
+            open(data_file, "rb", buffering)
     with rx.recv_file() as f:  # the message is still there
         assert f.read() == b"hello\n"
