@@ -211,7 +211,11 @@ cdef object layered(object raw, _Mode m, object mode, int buffering, object enco
         buffer = BufferedWriter(raw, buffering)
     if not m.text:
         return buffer
-    text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+    try:
+        text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+    except BaseException:  # an error handler unknown (-X dev), a warning made an error
+        buffer.detach()  # else, dropped here, it closes raw: the last close, in this thread
+        raise
     text.mode = mode
     return text
 

@@ -11,6 +11,8 @@ import asyncio
 import os
 import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +25,8 @@ from fdpass import FDChannel, ProtocolError
 from fdpass import aio
 from fdpass.aio import AsyncFDChannel
 from support import (
-    LINGER, Lingering, attach_lingering as attach, needs_defused_queues, open_fds, raw_send,
+    LINGER, PACKAGE_ROOT, Lingering, attach_lingering as attach, needs_defused_queues, open_fds,
+    raw_send,
     same_file,
 )
 
@@ -222,3 +225,41 @@ def test_a_file_object_that_cannot_be_made_is_discarded_without_waiting(
             resource.setrlimit(resource.RLIMIT_NOFILE, limit)
         assert took < PROMPT
         assert_refused_at_once(held)
+
+
+#: In development mode TextIOWrapper refuses an unknown error handler, which
+#: recv_file() cannot check beforehand: the text layer fails over a buffer.
+#: Prints what open() raises, then what recv_file() raises and how long it took.
+TEXT_LAYER_FAILS = """
+import os, sys, time
+import fdpass
+rx = fdpass.FDChannel(int(sys.argv[1]))
+try:
+    open(os.open(os.devnull, os.O_RDONLY), "r", errors="bogus")
+except Exception as error:
+    print(type(error).__name__)
+start = time.monotonic()
+try:
+    rx.recv_file("r", errors="bogus")
+except Exception as error:
+    print(type(error).__name__)
+print(time.monotonic() - start)
+"""
+
+
+def test_a_text_layer_that_fails_is_discarded_without_waiting(
+        sockets: tuple[socket.socket, socket.socket], lingering: Callable[[], Lingering]) -> None:
+    # The buffer under the failed text layer must not close the file first:
+    # that close would be the last, in the caller's thread, and drop_file()
+    # would then meet a closed file (ValueError) where open() raises its error.
+    peer, mine = sockets
+    held = lingering()
+    attach(peer, held, b"\0", [])
+    child = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", TEXT_LAYER_FAILS, str(mine.fileno())],
+        capture_output=True, text=True, timeout=60, cwd=PACKAGE_ROOT, pass_fds=(mine.fileno(),))
+    assert child.returncode == 0, child.stderr
+    opens, ours, took = child.stdout.split()
+    assert ours == opens
+    assert float(took) < PROMPT
+    assert held.reset_seen(PROMPT)
