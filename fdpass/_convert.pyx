@@ -172,7 +172,7 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
         raise
     try:
         return layered(raw, m, mode, size, encoding, errors, newline)
-    except BaseException:  # a warning made an error, no memory for the buffer
+    except BaseException:  # no memory for the buffer, a text layer that failed
         drop_file(raw)
         raise
 
