@@ -73,7 +73,8 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         raise TypeError(f"buffering must be an int, not {type(buffering).__name__}")
     size = buffering
     if mode is not None and m is None:
-        m = MODES.get(str(mode))
+        mode = str.__str__(mode)  # what open() reads of a str subclass (an enum's)
+        m = MODES.get(mode)
         if m is None:
             refuse_mode(mode)
     if m is None or not m.text:
@@ -140,7 +141,7 @@ cdef _Mode file_mode(int fd, object mode):
         if flags & O_APPEND:
             return APB if readable else AB
         return RPB if readable else WB
-    m = MODES[mode]
+    m = MODES[mode if type(mode) is str else str.__str__(mode)]
     if m.reads and not readable:
         raise ValueError(f"mode {mode!r} reads, but the received descriptor is write-only")
     if m.writes and not writable:
