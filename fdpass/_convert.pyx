@@ -6,6 +6,8 @@ from posix.fcntl cimport (
     F_GETFL, O_ACCMODE, O_APPEND, O_NONBLOCK, O_RDONLY, O_RDWR, O_WRONLY, fcntl,
 )
 
+from posix.unistd cimport SEEK_CUR, lseek
+
 from fdpass._engine cimport discard_fds, raise_os_error
 from fdpass._posix cimport FDPASS_O_PATH
 
@@ -15,7 +17,9 @@ import os as _os
 import sys
 import warnings
 from itertools import permutations
-from io import BufferedRandom, BufferedReader, BufferedWriter, FileIO, TextIOWrapper
+from io import (
+    BufferedRandom, BufferedReader, BufferedWriter, FileIO, TextIOWrapper, UnsupportedOperation,
+)
 
 cdef tuple NEWLINES = (None, "", "\n", "\r", "\r\n")
 
@@ -58,6 +62,8 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
     if (encoding is None and errors is None and newline is None and type(buffering) is int
             and (mode is None or (m is not None and not m.text))):
         size = buffering  # open()'s OverflowError past a C int
+        if size == 1:
+            warn_line_buffering()
         return 0
     for name, value in (("mode", mode), ("encoding", encoding), ("errors", errors),
                         ("newline", newline)):
@@ -67,14 +73,18 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         raise TypeError(f"buffering must be an int, not {type(buffering).__name__}")
     size = buffering
     if mode is not None and m is None:
-        m = MODES.get(str(mode))
+        mode = str.__str__(mode)  # what open() reads of a str subclass (an enum's)
+        m = MODES.get(mode)
         if m is None:
             refuse_mode(mode)
     if m is None or not m.text:
         for name, value in (("encoding", encoding), ("errors", errors), ("newline", newline)):
             if value is not None:
-                raise ValueError(f"binary mode doesn't take an {name} argument "
+                article = "a" if name == "newline" else "an"
+                raise ValueError(f"binary mode doesn't take {article} {name} argument "
                                  "(name a text mode, such as \"r\")")
+        if size == 1:
+            warn_line_buffering()
     elif buffering == 0:
         raise ValueError("can't have unbuffered text I/O (buffering=0 in text mode)")
     if newline not in NEWLINES:
@@ -83,6 +93,14 @@ cdef int check_open_args(object mode, object buffering, object encoding, object 
         pass  # open()'s name for the locale's encoding (PEP 597)
     elif encoding is not None and not codecs.lookup(encoding)._is_text_encoding:
         raise LookupError(f"{encoding!r} is not a text encoding")
+    return 0
+
+
+cdef int warn_line_buffering() except -1:
+    """open()'s warning, given where open() gives it: before anything is
+    opened, so that a warning made an error consumes nothing."""
+    warnings.warn("line buffering (buffering=1) isn't supported in binary mode, "
+                  "the default buffer size will be used", RuntimeWarning)
     return 0
 
 
@@ -123,7 +141,7 @@ cdef _Mode file_mode(int fd, object mode):
         if flags & O_APPEND:
             return APB if readable else AB
         return RPB if readable else WB
-    m = MODES[mode]
+    m = MODES[mode if type(mode) is str else str.__str__(mode)]
     if m.reads and not readable:
         raise ValueError(f"mode {mode!r} reads, but the received descriptor is write-only")
     if m.writes and not writable:
@@ -143,13 +161,19 @@ cdef object file_from_fd(int fd, object mode, object buffering, object encoding,
     try:
         size = buffering  # open()'s C int
         m = file_mode(fd, mode)
+        if m.reads and m.writes and size != 0 and lseek(fd, 0, SEEK_CUR) < 0:
+            # BufferedRandom's refusal, made while the descriptor is ours:
+            # once FileIO owns it, only FileIO can close it, and at the
+            # descriptor limit drop_file() has no number for a second
+            # reference, so a lingering socket's close would wait here.
+            raise UnsupportedOperation("File or stream is not seekable.")
         raw = FileIO(fd, m.raw)
     except BaseException:
         discard_fds(&fd, 1)
         raise
     try:
         return layered(raw, m, mode, size, encoding, errors, newline)
-    except BaseException:  # a pipe or socket in a "+" mode: not seekable
+    except BaseException:  # no memory for the buffer, a text layer that failed
         drop_file(raw)
         raise
 
@@ -173,9 +197,6 @@ cdef object layered(object raw, _Mode m, object mode, int buffering, object enco
                     object errors, object newline):
     """open()'s layers over raw, by open()'s rules (its arguments checked)."""
     cdef bint line_buffering = False
-    if not m.text and buffering == 1:
-        warnings.warn("line buffering (buffering=1) isn't supported in binary mode, "
-                      "the default buffer size will be used", RuntimeWarning)
     if buffering == 1 or (buffering < 0 and raw.isatty()):
         buffering = -1
         line_buffering = True
@@ -191,7 +212,11 @@ cdef object layered(object raw, _Mode m, object mode, int buffering, object enco
         buffer = BufferedWriter(raw, buffering)
     if not m.text:
         return buffer
-    text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+    try:
+        text = TextIOWrapper(buffer, encoding, errors, newline, line_buffering)
+    except BaseException:  # an error handler unknown (-X dev), a warning made an error
+        buffer.detach()  # else, dropped here, it closes raw: the last close, in this thread
+        raise
     text.mode = mode
     return text
 

@@ -3,6 +3,7 @@ object that owns it, or is closed before the exception leaves."""
 
 from __future__ import annotations
 
+import enum
 import errno
 import io
 import os
@@ -422,15 +423,39 @@ def test_recv_file_builds_what_open_builds(
         os.close(fd)
 
 
+@pytest.mark.parametrize(("buffering", "refusal"), [(2**40, OverflowError), (1, RuntimeWarning)])
 def test_recv_file_refuses_a_buffering_open_would_refuse_before_receiving(
-    pair: Pair, data_file: Path
+    pair: Pair, data_file: Path, buffering: int, refusal: type[Exception]
 ) -> None:
+    # buffering=1 in binary mode: open()'s warning, made an error, comes
+    # before open() opens anything.
     tx, rx = pair
     rx.settimeout(5)  # a consumed message fails the test rather than hang it
     send_opened(tx, data_file, os.O_RDONLY)
-    with pytest.raises(OverflowError):
-        rx.recv_file(buffering=2**40)
-    with pytest.raises(OverflowError):
-        open(data_file, "rb", 2**40)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for mode in (None, "rb"):
+            with pytest.raises(refusal):
+                rx.recv_file(mode, buffering)
+        with pytest.raises(refusal):
+            open(data_file, "rb", buffering)
     with rx.recv_file() as f:  # the message is still there
         assert f.read() == b"hello\n"
+
+
+class Mode(str, enum.Enum):
+    """Modes as a careless caller may hold them: open() reads the string."""
+    READ = "r"
+    READ_BYTES = "rb"
+    BOTH = "r+b"
+
+
+@pytest.mark.parametrize("mode", list(Mode))
+def test_recv_file_takes_a_mode_of_a_str_subclass_as_open_does(
+    pair: Pair, data_file: Path, mode: Mode
+) -> None:
+    tx, rx = pair
+    send_opened(tx, data_file, os.O_RDWR)
+    with rx.recv_file(mode) as received, open(os.open(data_file, os.O_RDWR), mode) as expected:
+        assert layers(received) == layers(expected)
+        assert received.read() == expected.read()
