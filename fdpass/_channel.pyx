@@ -354,8 +354,9 @@ Sends and receives open descriptors over an AF_UNIX socket
     cdef inline int _wait_flags(self, double timeout) noexcept:
         """How a call that would block waits: a blocking one with closefd
         inside the syscall, which close() wakes by shutting the socket down;
-        any other in poll (MSG_DONTWAIT), which close() can cut short
-        without the call taking anything from a socket that is not its own."""
+        any other in poll (MSG_DONTWAIT), so that a call woken after close()
+        (by its timeout, or by the socket, which the caller still owns and
+        may shut down) takes nothing from a socket that is not its own."""
         return MSG_DONTWAIT if timeout >= 0 or not self._closefd else 0
 
     @cython.final
@@ -405,9 +406,11 @@ Sends and receives open descriptors over an AF_UNIX socket
 
     def close(self):
         """Close the channel, and with closefd the socket it wraps.  Calls
-        waiting on it in other threads wake (with closefd the socket is
-        shut down first) and raise ValueError; the socket is closed when
-        the last of them has left, so none touches a number reused since."""
+        waiting on it in other threads raise ValueError when they wake:
+        with closefd at once (the socket is shut down first), without it
+        when their timeout passes or the socket, still the caller's, is
+        ready or shut down.  The socket is closed when the last of them has
+        left, so none touches a number reused since."""
         cdef int fd = self._fd
         self._drop_backlog()
         if fd < 0:

@@ -3,9 +3,10 @@
 python pingpong.py N MODE: MODE "loop" is send_fd(0); os.close(recv_fd());
 "bench" adds what the pinned ping-pong's workers do around them (the
 receiver's one-byte reply, the sender's read of it): both sides' work per
-message.  "file" and "socket" are the converters, recv_file() of a
-read-only file and recv_socket() of a socket; "openfile" and "opensocket"
-their floors, recv_fd() then open(fd, "rb") or socket.socket(fileno=fd).  Each runs at module level, as docs/performance.md has counted
+message.  "recv_file" and "recv_socket" are the converters, recv_file()
+of a read-only file and recv_socket() of a socket; "open_file" and
+"open_socket" their floors, recv_fd() then open(fd, "rb") or
+socket.socket(fileno=fd).  Each runs at module level, as docs/performance.md has counted
 since CPython 3.11, and in a function ("floop", "fbench"), where names are
 locals, as in the bench's workers.  .ci/callgrind/count subtracts the same
 run with N = 0."""
@@ -29,10 +30,10 @@ sa, sb = a.fileno(), b.fileno()
 BODY = {
     "loop": "send_fd(0)\nclose(recv_fd())\n",
     "bench": "send_fd(0)\nclose(recv_fd())\nwrite(sb, b'k')\nread(sa, 1)\n",
-    "file": "send_fd(ro)\nrecv_file().close()\n",
-    "openfile": "send_fd(ro)\nopen(recv_fd(), 'rb').close()\n",
-    "socket": "send_fd(sa)\nrecv_socket().close()\n",
-    "opensocket": "send_fd(sa)\nsocket.socket(fileno=recv_fd()).close()\n",
+    "recv_file": "send_fd(ro)\nrecv_file().close()\n",
+    "open_file": "send_fd(ro)\nopen(recv_fd(), 'rb').close()\n",
+    "recv_socket": "send_fd(sa)\nrecv_socket().close()\n",
+    "open_socket": "send_fd(sa)\nsocket.socket(fileno=recv_fd()).close()\n",
 }
 body = BODY.get(MODE.removeprefix("f"))
 if body is None:
