@@ -118,6 +118,21 @@ def open_fds() -> dict[int, str]:
     return found
 
 
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def threads_back_to(count: int, timeout: float = 5.0) -> int:
+    """The thread count once it is back to count, or when timeout passed.
+    A thread just joined can still be listed in /proc/self/task for a
+    moment: a join returns once the kernel has cleared the thread's id,
+    before the thread is reaped (seen under the sanitizers)."""
+    deadline = time.monotonic() + timeout
+    while thread_count() != count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread_count()
+
+
 def raw_send(sock: socket.socket, data: bytes, *groups: list[int]) -> None:
     """Send like a hostile peer: any payload, one SCM_RIGHTS message a group."""
     ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds)) for fds in groups]

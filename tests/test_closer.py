@@ -15,13 +15,9 @@ import pytest
 
 import fdpass
 from fdpass._engine import CLOSERS, closer_state, discard
-from support import Lingering, needs_defused_queues, raw_send, same_file
+from support import Lingering, needs_defused_queues, raw_send, same_file, thread_count
 
 LINGER = 30  # seconds a blocked close would last: the tests end it sooner
-
-
-def threads() -> int:
-    return len(os.listdir("/proc/self/task"))
 
 
 @pytest.fixture
@@ -57,26 +53,26 @@ def test_the_bound_is_at_least_eight() -> None:
 
 
 def test_no_thread_while_nothing_is_discarded() -> None:
-    before = threads()
+    before = thread_count()
     r, w = os.pipe()
     discard(w)
     discard(r)
     assert fdpass.wait_for_discards(5)
     assert closer_state() == (0, 0, 0)
-    assert threads() == before
+    assert thread_count() == before
 
 
 def test_idle_threads_leave_by_themselves() -> None:
-    before = threads()
+    before = thread_count()
     for _ in range(20):
         r, w = os.pipe()
         discard(w)
         discard(r)
     deadline = time.monotonic() + 2
-    while (closer_state()[0] or threads() > before) and time.monotonic() < deadline:
+    while (closer_state()[0] or thread_count() > before) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert closer_state() == (0, 0, 0)
-    assert threads() == before
+    assert thread_count() == before
 
 
 def test_a_close_that_blocks_holds_up_only_itself(blocking: Callable[[], Lingering]) -> None:

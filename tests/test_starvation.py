@@ -40,7 +40,9 @@ import fdpass
 from fdpass import FDChannel, ProtocolError, aio
 from fdpass._engine import CLOSERS, closer_state, discard
 from fdpass.aio import AsyncFDChannel
-from support import Lingering, attach_lingering, needs_defused_queues, raw_send
+from support import (
+    Lingering, attach_lingering, needs_defused_queues, raw_send, thread_count, threads_back_to,
+)
 
 SECONDS = float(os.environ.get("FDPASS_STARVE_SECONDS", "2"))
 RATE = 50         # lingering sockets a second, from the hostile peer
@@ -59,21 +61,6 @@ FD_BOUND = 2 * RATE * HOLD + 60
 
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd")) - 1
-
-
-def thread_count() -> int:
-    return len(os.listdir("/proc/self/task"))
-
-
-def threads_back_to(count: int, timeout: float = 5.0) -> int:
-    """The thread count once it is back to count, or when timeout passed.
-    A thread just joined can still be listed in /proc/self/task for a
-    moment: a join returns once the kernel has cleared the thread's id,
-    before the thread is reaped (seen under the sanitizers)."""
-    deadline = time.monotonic() + timeout
-    while thread_count() != count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return thread_count()
 
 
 def assert_prompt(delays: list[float], what: str) -> None:
